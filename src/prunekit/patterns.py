@@ -1,0 +1,103 @@
+"""Sparsity patterns and the masks that realise them.
+
+A mask is a bool tensor shaped like the weight (out × in), True where the weight is kept.
+Every mask is chosen by exact count (top-k on a score), never by a threshold, so ties cannot
+change the achieved sparsity.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`unstructured` (n = m = 0) or N:M: at most N non-zeros in every M consecutive input weights."""
+
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        text = str(text).strip().lower()
+        if text == "unstructured":
+            return cls()
+        match = re.fullmatch(r"(-?\d+):(-?\d+)", text)
+        if not match:
+            raise UsageError(f"unknown pattern {text!r}: use 'unstructured' or N:M such as 2:4 or 4:8")
+        n, m = int(match[1]), int(match[2])
+        if m <= 0:
+            raise UsageError(f"pattern {text}: M must be a positive integer")
+        if not 0 < n <= m:
+            raise UsageError(f"pattern {text}: N must satisfy 0 < N <= M (N non-zeros kept out of every M)")
+        return cls(n, m)
+
+    def sparsity(self, target: float) -> float:
+        """The sparsity this pattern achieves: 1 - N/M for N:M, else the target."""
+        return 1.0 - self.n / self.m if self.is_nm else float(target)
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+def check_sparsity(value: float) -> float:
+    """Sparsity must lie in [0, 1): 1 would delete the whole operator."""
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"sparsity {value} is outside [0, 1): pass a fraction such as 0.5")
+    return value
+
+
+def keep_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the highest scores of each row; floor(in · sparsity) weights are pruned per row (Wanda's group)."""
+    n_prune = int(scores.shape[1] * sparsity)
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if n_prune:
+        idx = torch.topk(scores, n_prune, dim=1, largest=False).indices
+        mask.scatter_(1, idx, False)
+    return mask
+
+
+def keep_in_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the highest scores over the whole tensor; floor(numel · sparsity) weights are pruned."""
+    n_prune = int(scores.numel() * sparsity)
+    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if n_prune:
+        idx = torch.topk(scores.flatten(), n_prune, largest=False).indices
+        mask[idx] = False
+    return mask.view_as(scores)
+
+
+def keep_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the N highest scores in every group of M consecutive input columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UsageError(f"an operator has {cols} inputs, not a multiple of M={m}: choose another N:M pattern")
+    groups = scores.reshape(rows, cols // m, m)
+    idx = torch.topk(groups, n, dim=2).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
+    return mask.view(rows, cols)
+
+
+def select_mask(scores: torch.Tensor, pattern: Pattern, sparsity: float, group: str = "row") -> torch.Tensor:
+    """The keep-mask of `pattern` on `scores`; for unstructured, `group` is 'row' or 'matrix'."""
+    if pattern.is_nm:
+        return keep_n_of_m(scores, pattern.n, pattern.m)
+    if group == "row":
+        return keep_per_row(scores, sparsity)
+    return keep_in_matrix(scores, sparsity)
+
+
+def max_nonzeros_per_group(weight: torch.Tensor, m: int) -> int:
+    """The largest number of non-zeros in any group of M consecutive inputs (≤ N for a valid N:M weight)."""
+    rows, cols = weight.shape
+    return int((weight.reshape(rows, cols // m, m) != 0).sum(dim=2).max())

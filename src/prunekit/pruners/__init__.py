@@ -1,0 +1,22 @@
+"""Pruners by method name. Each module holds one method: its config dataclass and its Pruner."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import PruneConfig, Pruner
+from .magnitude import MagnitudeConfig
+from .sparsegpt import SparseGPTConfig
+from .wanda import WandaConfig
+
+CONFIGS: dict[str, type[PruneConfig]] = {
+    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig)
+}
+
+
+def config_class(method: str) -> type[PruneConfig]:
+    if method not in CONFIGS:
+        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(CONFIGS)}")
+    return CONFIGS[method]
+
+
+__all__ = ["CONFIGS", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]

@@ -1,0 +1,101 @@
+"""SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive Language Models Can Be Accurately
+Pruned in One-Shot"): OBS mask selection and weight reconstruction, column by column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..patterns import keep_in_matrix, keep_n_of_m
+from .base import PruneConfig, Pruner
+
+
+@dataclass
+class SparseGPTConfig(PruneConfig):
+    """`update=False` keeps SparseGPT's mask rule but skips the weight reconstruction."""
+
+    method = "sparsegpt"
+    blocksize: int = 128
+    percdamp: float = 0.01
+    update: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pattern.is_nm and self.blocksize % self.pattern.m:
+            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.pattern.m}")
+
+    def make_pruner(self, in_features, device):
+        return SparseGPTPruner(self, in_features, device)
+
+
+class SparseGPTPruner(Pruner):
+    def __init__(self, config, in_features, device):
+        super().__init__(config, in_features, device)
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.tokens = 0
+        self._factor = None
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        """H = (2/n) Σ x xᵀ over the n calibration tokens, kept as a running mean for fp32 accuracy."""
+        x = x.to(self.H.dtype)
+        n = x.shape[0]
+        self.H *= self.tokens / (self.tokens + n)
+        self.tokens += n
+        x = x * (2.0 / self.tokens) ** 0.5
+        self.H += x.t() @ x
+
+    def inverse_hessian_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, dead): U is the upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean diag(H).
+
+        Damping keeps H invertible when calibration inputs are rank-deficient; 1% of the mean diagonal
+        is the paper's choice. Inputs that never fire (`dead`) get H_jj = 1 and their weights are zeroed.
+        U comes from one Cholesky factorisation of the reversed matrix: if J H J = L Lᵀ (J reverses
+        the order), then H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) with J L⁻¹ J upper triangular. Computed once and
+        shared by the operators of a group.
+        """
+        if self._factor is None:
+            H = self.H.clone()
+            dead = torch.diag(H) == 0
+            H[dead, dead] = 1.0
+            damp = self.config.percdamp * torch.mean(torch.diag(H))
+            eye = torch.eye(H.shape[0], device=H.device)
+            for attempt in range(6):  # raise the damping tenfold while H + λI is numerically not positive definite
+                L, info = torch.linalg.cholesky_ex((H + damp * 10**attempt * eye).flip(0, 1))
+                if info == 0:
+                    U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+                    self._factor = (U, dead)
+                    break
+            else:
+                raise RuntimeError("SparseGPT: the damped Hessian is not positive definite; raise percdamp")
+        return self._factor
+
+    def prune(self, weight: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for
+        each column j zero the pruned weights and spread the error over the later columns,
+        W[:, j:] -= (w_j − q_j)/[H⁻¹]_jj · [H⁻¹]_{j, j:}  (skipped when update=False).
+
+        Works on Wᵀ so that a column of W is a contiguous row and each update is one rank-1 `addr_`.
+        """
+        cfg, pattern = self.config, self.config.pattern
+        Hinv, dead = self.inverse_hessian_factor()
+        Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
+        Wt[dead] = 0.0
+        for i1 in range(0, Wt.shape[0], cfg.blocksize):
+            i2 = min(i1 + cfg.blocksize, Wt.shape[0])
+            B, Hb = Wt[i1:i2], Hinv[i1:i2, i1:i2]
+            d = torch.diag(Hb).unsqueeze(1)
+            keep = torch.ones_like(B, dtype=torch.bool) if pattern.is_nm else keep_in_matrix(B**2 / d**2, cfg.sparsity)
+            errs = torch.zeros_like(B)
+            for i in range(i2 - i1):
+                if pattern.is_nm and i % pattern.m == 0:
+                    scores = (B[i:i + pattern.m] ** 2 / d[i:i + pattern.m] ** 2).t()
+                    keep[i:i + pattern.m] = keep_n_of_m(scores, pattern.n, pattern.m).t()
+                q = B[i] * keep[i]
+                if cfg.update:
+                    errs[i] = (B[i] - q) / d[i]
+                    B[i:].addr_(Hb[i, i:], errs[i], alpha=-1.0)
+                B[i] = q
+            if cfg.update:
+                Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), errs, alpha=-1.0)
+        return Wt.t().contiguous()

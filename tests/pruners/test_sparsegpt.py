@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from prunekit.engine import reconstruction_error
+from prunekit.patterns import max_nonzeros_per_group
+
+
+def correlated_inputs(tokens=2048, dim=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(dim, dim, generator=g) / dim**0.5
+    scales = torch.logspace(-1, 1, dim)  # uneven feature scales, as in LLM activations
+    return (torch.randn(tokens, dim, generator=g) @ mixing) * scales
+
+
+def pruned_error(config, W, X):
+    pruner = config.make_pruner(W.shape[1], "cpu")
+    pruner.add_batch(X)
+    pruned = pruner.prune(W)
+    return reconstruction_error(W, pruned, X), pruned
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(pattern):
+    X = correlated_inputs()
+    W = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
+    errors = {cfg.method: pruned_error(cfg, W, X)[0]
+              for cfg in (MagnitudeConfig(0.5, pattern), WandaConfig(0.5, pattern), SparseGPTConfig(0.5, pattern))}
+    assert errors["sparsegpt"] < min(errors["wanda"], errors["magnitude"])
+
+
+def test_exact_sparsity_and_valid_n_m():
+    X = correlated_inputs(dim=256)
+    W = torch.randn(32, 256)
+    _, pruned = pruned_error(SparseGPTConfig(0.6), W, X)
+    assert (pruned == 0).sum() == int(0.6 * 32 * 128) * 2  # per block of 128 columns (all rows), exact count
+    _, pruned = pruned_error(SparseGPTConfig(pattern="2:4"), W, X)
+    assert max_nonzeros_per_group(pruned, 4) <= 2
+
+
+def test_no_update_keeps_surviving_weights():
+    X, W = correlated_inputs(), torch.randn(16, 64)
+    _, plain = pruned_error(SparseGPTConfig(0.5, update=False), W, X)
+    kept = plain != 0
+    assert torch.equal(plain[kept], W[kept])
+    err_update, updated = pruned_error(SparseGPTConfig(0.5), W, X)
+    assert not torch.equal(updated[updated != 0], W[updated != 0])  # reconstruction moved the kept weights
+    assert err_update < reconstruction_error(W, plain, X)
+
+
+def test_dead_inputs_are_zeroed():
+    X = correlated_inputs(dim=16)
+    X[:, 3] = 0.0
+    _, pruned = pruned_error(SparseGPTConfig(0.25), torch.randn(8, 16), X)
+    assert (pruned[:, 3] == 0).all()
+
+
+def test_blocksize_must_fit_m():
+    with pytest.raises(ValueError, match="multiple of M"):
+        SparseGPTConfig(pattern="3:5", blocksize=128)
+
+
+def reference_sparsegpt(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
+    """The paper's Algorithm 1 written the textbook way (column slices of W, explicit inverse)."""
+    W = W.clone()
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0])
+    Hinv = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    for i1 in range(0, W.shape[1], blocksize):
+        i2 = min(i1 + blocksize, W.shape[1])
+        W1, Q1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1), torch.zeros(W.shape[0], i2 - i1), Hinv[i1:i2, i1:i2]
+        if prunen == 0:
+            tmp = W1**2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            order = torch.argsort(tmp.flatten())
+            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+            mask1[order[: int(tmp.numel() * sparsity)]] = True
+            mask1 = mask1.view_as(tmp)
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if prunen != 0 and i % prunem == 0:
+                tmp = W1[:, i:i + prunem] ** 2 / torch.diag(Hinv1)[i:i + prunem].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return W
+
+
+@pytest.mark.parametrize("pattern,prunen,prunem", [("unstructured", 0, 0), ("2:4", 2, 4)])
+def test_matches_textbook_algorithm(pattern, prunen, prunem):
+    torch.set_default_dtype(torch.float64)  # compare the algorithms, not the rounding
+    try:
+        X = correlated_inputs(dim=192).double()
+        W = torch.randn(24, 192, dtype=torch.float64)
+        pruner = SparseGPTConfig(0.5, pattern).make_pruner(192, "cpu")
+        pruner.H = pruner.H.double()
+        pruner.add_batch(X)
+        ours = pruner.prune(W)
+        theirs = reference_sparsegpt(W, pruner.H, 0.5, prunen, prunem)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(ours == 0, theirs == 0)
+    assert torch.allclose(ours.double(), theirs, atol=1e-5)

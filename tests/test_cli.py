@@ -1,0 +1,149 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import random_windows, tiny_llama
+from prunekit import SparseGPTConfig, get_adapter, prune
+from prunekit.cli import main
+from prunekit.patterns import max_nonzeros_per_group
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small_prune_args(model_dir, text_file, output, *extra):
+    return ["prune", "--model", model_dir, "--calib-data", text_file, "--eval-data", text_file,
+            "--nsamples", 4, "--seqlen", 32, "--eval-seqlen", 64, "--max-eval-segments", 2,
+            "--output", output, "--device", "cpu", "--quiet", *extra]
+
+
+def test_prune_writes_model_and_report(tiny_model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, stdout, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--method", "sparsegpt",
+                                           "--pattern", "2:4"), capsys)
+    assert code == 0, stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "sparsegpt" and report["pattern"] == "2:4"
+    assert report["target_sparsity"] == 0.5 and abs(report["achieved_sparsity"] - 0.5) < 1e-9
+    assert set(report["ppl"]) == {"dense", "pruned"} and report["ppl"]["pruned"]["text"] > 0
+    assert {"calibration", "pruning", "eval"} <= set(report["timings"])
+    assert len(report["layers"]) == 14 and all({"name", "sparsity", "recon_error"} <= set(op) for op in report["layers"])
+    assert "perplexity" in stdout
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    by_name = dict(reloaded.named_modules())
+    for op in report["layers"]:
+        weight = by_name[op["name"]].weight
+        assert max_nonzeros_per_group(weight, 4) <= 2
+        assert (weight == 0).float().mean().item() == pytest.approx(op["sparsity"])
+
+
+def test_saved_model_reloads_with_exactly_the_same_zeros(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama()
+    prune(model, SparseGPTConfig(0.6), random_windows(), progress=False)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    adapter = get_adapter(reloaded)
+    zeros = sum(int((op.weight == 0).sum()) for layer in adapter.layers() for _, op in adapter.linears(layer))
+    assert zeros > 0
+
+
+@pytest.fixture(scope="module")
+def not_a_model(tmp_path_factory):
+    return tmp_path_factory.mktemp("empty")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256)).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+BAD_INPUTS = [
+    (["--sparsity", "1.0"], "outside [0, 1)"),
+    (["--sparsity", "-0.1"], "outside [0, 1)"),
+    (["--pattern", "5:4"], "N <= M"),
+    (["--pattern", "2:0"], "M must be a positive integer"),
+    (["--pattern", "2:x"], "unknown pattern"),
+    (["--method", "obs"], "unknown method"),
+    (["--calib-data", "/no/such/calib.txt"], "not found"),
+    (["--eval-data", "/no/such/eval.txt"], "not found"),
+    (["--no-update", "--method", "wanda"], "does not apply"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_and_no_output(extra, message, tiny_model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out, *extra), capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_models_and_outputs(tiny_model_dir, not_a_model, gpt2_dir, text_file, tmp_path, capsys):
+    cases = [
+        (not_a_model, tmp_path / "o1", "not a model directory"),
+        (tmp_path / "missing-model", tmp_path / "o2", "does not exist"),
+        (gpt2_dir, tmp_path / "o3", "unsupported architecture 'gpt2'"),
+        (tiny_model_dir, "/proc/prunekit-out", "cannot write output"),
+        (tiny_model_dir, tmp_path / "no" / "such" / "dir", "does not exist"),
+    ]
+    for model, out, message in cases:
+        code, _, err = run(small_prune_args(model, text_file, out), capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+        assert not __import__("os").path.exists(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(tiny_model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
+    assert code == 2 and "already exists" in err and (out / "keep.txt").exists()
+    code, _, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--overwrite"), capsys)
+    assert code == 0 and (out / "report.json").exists() and not (out / "keep.txt").exists()
+
+
+def test_failure_mid_run_leaves_no_output(tiny_model_dir, text_file, tmp_path, capsys, monkeypatch):
+    import prunekit.api
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash while pruning")
+
+    monkeypatch.setattr(prunekit.api, "prune", boom)
+    with pytest.raises(RuntimeError):
+        main([str(a) for a in small_prune_args(tiny_model_dir, text_file, tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_prints_json(tiny_model_dir, text_file, capsys):
+    code, stdout, _ = run(["eval", "--model", tiny_model_dir, "--eval-data", text_file, "--eval-seqlen", 64,
+                           "--max-eval-segments", 2, "--quiet"], capsys)
+    assert code == 0
+    assert json.loads(stdout)["ppl"]["text"] > 1
+
+
+def test_console_script_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prunekit", "prune", "--sparsity", "2", "--output", tmp_path / "o"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "prunekit: error: sparsity 2.0 is outside [0, 1): pass a fraction such as 0.5"

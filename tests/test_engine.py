@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from conftest import random_windows, tiny_llama, tiny_opt
+from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
+from prunekit.engine import capture_inputs, prune_layerwise
+from prunekit.patterns import max_nonzeros_per_group
+
+
+def pruned_ops(model):
+    adapter = get_adapter(model)
+    return [op for layer in adapter.layers() for _, op in adapter.linears(layer)]
+
+
+@pytest.mark.parametrize("method", [MagnitudeConfig, WandaConfig, SparseGPTConfig])
+@pytest.mark.parametrize("pattern,n,m", [("2:4", 2, 4), ("4:8", 4, 8)])
+def test_every_group_of_every_operator_is_n_m(tiny_model, method, pattern, n, m):
+    result = prune_layerwise(tiny_model, method(pattern=pattern), random_windows(), progress=False)
+    assert len(result.operators) == 7 * 2 if tiny_model.config.model_type == "llama" else 6 * 2
+    for op in pruned_ops(tiny_model):
+        assert max_nonzeros_per_group(op.weight.data, m) <= n
+
+
+@pytest.mark.parametrize("method", [MagnitudeConfig, WandaConfig, SparseGPTConfig])
+def test_unstructured_sparsity_within_one_weight_per_group(tiny_model, method):
+    target = 0.37
+    result = prune_layerwise(tiny_model, method(sparsity=target), random_windows(), progress=False)
+    for op in pruned_ops(tiny_model):
+        zeros = int((op.weight.data == 0).sum())
+        rows, cols = op.weight.shape
+        groups = rows if method is WandaConfig else (1 if method is MagnitudeConfig else -(-cols // 128))
+        assert abs(zeros - target * rows * cols) <= groups
+    assert abs(result.achieved_sparsity - target) < 0.01
+    assert all(0 <= op.recon_error < 1 for op in result.operators)
+
+
+def test_lm_head_and_embeddings_untouched():
+    model = tiny_llama()
+    head, emb = model.lm_head.weight.clone(), model.model.embed_tokens.weight.clone()
+    prune_layerwise(model, WandaConfig(0.5), random_windows(), progress=False)
+    assert torch.equal(model.lm_head.weight, head) and torch.equal(model.model.embed_tokens.weight, emb)
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_opt])
+def test_captured_inputs_reproduce_the_dense_forward(factory):
+    """Running the layers on the captured inputs and kwargs gives the model's own hidden states."""
+    model = factory()
+    ids = random_windows(n=3)
+    adapter = get_adapter(model)
+    inputs = capture_inputs(adapter, ids, "cpu", batch_size=2, progress=False)
+    expected = model(input_ids=ids, output_hidden_states=True).hidden_states
+    h = inputs.hidden
+    for i, layer in enumerate(adapter.layers()):
+        assert torch.allclose(h, expected[i], atol=1e-5)
+        h = layer(h, **inputs.kwargs[i])
+
+
+def test_batch_size_does_not_change_the_result():
+    a, b = tiny_llama(), tiny_llama()
+    prune_layerwise(a, SparseGPTConfig(0.5), random_windows(n=5), batch_size=1, progress=False)
+    prune_layerwise(b, SparseGPTConfig(0.5), random_windows(n=5), batch_size=4, progress=False)
+    for pa, pb in zip(pruned_ops(a), pruned_ops(b)):
+        assert torch.equal(pa.weight == 0, pb.weight == 0)
+        assert torch.allclose(pa.weight, pb.weight, atol=1e-4)
+
+
+def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
+    calib = random_windows()
+    full = tiny_llama(layers=3)
+    prune_layerwise(full, SparseGPTConfig(0.5), calib, progress=False)
+
+    interrupted = tiny_llama(layers=3)
+    layers = get_adapter(interrupted).layers()
+    stop = layers[2].register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prune_layerwise(interrupted, SparseGPTConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
+    stop.remove()
+    resumed = tiny_llama(layers=3)  # a fresh dense model: finished layers come from the checkpoint
+    result = prune_layerwise(resumed, SparseGPTConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
+    assert len(result.operators) == 21
+    for pa, pb in zip(pruned_ops(full), pruned_ops(resumed)):
+        assert torch.equal(pa.weight, pb.weight)
+
+
+def test_checkpoint_of_another_config_is_not_reused(tmp_path):
+    calib = random_windows()
+    prune_layerwise(tiny_llama(), WandaConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
+    model = tiny_llama()
+    result = prune_layerwise(model, WandaConfig(0.3), calib, progress=False, checkpoint_dir=tmp_path)
+    assert abs(result.achieved_sparsity - 0.3) < 0.01
+
+
+def test_bfloat16_model_prunes_with_fp32_statistics():
+    model = tiny_llama().to(torch.bfloat16)
+    result = prune_layerwise(model, SparseGPTConfig(pattern="2:4"), random_windows(), progress=False)
+    assert all(op.weight.dtype == torch.bfloat16 for op in pruned_ops(model))
+    assert all(max_nonzeros_per_group(op.weight.data, 4) <= 2 for op in pruned_ops(model))
+    assert all(op.recon_error < 1 for op in result.operators)
