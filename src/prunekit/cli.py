@@ -21,7 +21,7 @@ from .errors import UsageError
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import atomic_output_dir, check_output_dir
-from .pruners import config_class
+from .pruners import CONFIGS, PruneConfig, config_class
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model, evaluate it, save it with report.json")
     _add_model_args(p)
-    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--method", default="wanda", help=", ".join(CONFIGS))
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights removed (unstructured)")
     p.add_argument("--pattern", default="unstructured", help="unstructured or N:M (2:4, 4:8, ...)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
@@ -68,11 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-dense-eval", action="store_true", help="evaluate only the pruned model")
     p.add_argument("--checkpoint-dir", help="save progress after every layer here; rerun to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    g = p.add_argument_group("SparseGPT")
-    g.add_argument("--no-update", dest="update", action="store_const", const=False,
-                   help="SparseGPT without weight reconstruction (mask only)")
-    g.add_argument("--blocksize", type=int)
-    g.add_argument("--percdamp", type=float)
+    _add_method_options(p)
 
     p = sub.add_parser("eval", help="perplexity of a model; prints JSON")
     _add_model_args(p)
@@ -81,18 +77,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def method_options() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """{field name: (field, methods that take it)} for every method-specific config field.
+
+    A method declares its CLI options as dataclass fields; `metadata` may give `help` and `flag`
+    (default `--field-name`; a bool that defaults to True becomes a `--no-...` switch)."""
+    base = {f.name for f in dataclasses.fields(PruneConfig)}
+    options: dict = {}
+    for method, cls in CONFIGS.items():
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in base:
+                options.setdefault(f.name, (f, []))[1].append(method)
+    return options
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("method options")
+    for name, (f, methods) in method_options().items():
+        help_text = f"{f.metadata.get('help', '')} ({', '.join(methods)}; default {f.default})"
+        if f.type in (bool, "bool"):
+            const = not f.default
+            group.add_argument(_flag(f), dest=name, action="store_const", const=const, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            group.add_argument(_flag(f), dest=name, type=kind, help=help_text)
+
+
 def _method_config(args):
     """The method's config dataclass from the CLI flags; a flag the method does not take is an error."""
     cls = config_class(args.method)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    options = {"update": "--no-update", "blocksize": "--blocksize", "percdamp": "--percdamp"}
     kwargs = {"sparsity": args.sparsity, "pattern": args.pattern}
-    for name, flag in options.items():
+    for name, (f, methods) in method_options().items():
         value = getattr(args, name, None)
         if value is None:
             continue
-        if name not in names:
-            raise UsageError(f"{flag} does not apply to --method {args.method}")
+        if args.method not in methods:
+            raise UsageError(f"{_flag(f)} does not apply to --method {args.method}")
         kwargs[name] = value
     try:
         return cls(**kwargs)

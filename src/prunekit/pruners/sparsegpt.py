@@ -3,7 +3,7 @@ Pruned in One-Shot"): OBS mask selection and weight reconstruction, column by co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,9 +16,10 @@ class SparseGPTConfig(PruneConfig):
     """`update=False` keeps SparseGPT's mask rule but skips the weight reconstruction."""
 
     method = "sparsegpt"
-    blocksize: int = 128
-    percdamp: float = 0.01
-    update: bool = True
+    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates"})
+    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal"})
+    update: bool = field(default=True, metadata={"flag": "--no-update",
+                                                 "help": "mask only, without weight reconstruction"})
 
     def __post_init__(self):
         super().__post_init__()
