@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("LLM_COMPRESSOR_LOG_DISABLED", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 

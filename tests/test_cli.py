@@ -147,3 +147,27 @@ def test_console_script_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prunekit", "prune", "--sparsity", "2", "--output", tmp_path / "o"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "prunekit: error: sparsity 2.0 is outside [0, 1): pass a fraction such as 0.5"
+
+
+def test_prune_compact_format_reloads_with_prunekit(tiny_model_dir, text_file, tmp_path, capsys):
+    from prunekit import load_model
+
+    out = tmp_path / "compact"
+    code, _, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--pattern", "2:4", "--save-format", "compact"),
+                     capsys)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["saved"]["format"] == "compact" and report["saved"]["bytes"] < report["saved"]["dense_bytes"]
+    model, _ = load_model(str(out))
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert max_nonzeros_per_group(weight, 4) <= 2
+
+
+def test_bench_on_cpu_is_dense_only(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, stdout, err = run(["bench", "--model", tiny_model_dir, "--device", "cpu", "--prompt-len", 16,
+                             "--gen-len", 2, "--output", out], capsys)
+    assert code == 0 and "dense model only" in err
+    report = json.loads(out.read_text())
+    assert report["dense"]["prefill_tokens_per_s"] > 0 and "sparse" not in report
+    assert out.with_suffix(".png").stat().st_size > 1000

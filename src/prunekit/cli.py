@@ -18,6 +18,7 @@ import torch
 from . import __version__, api
 from .data import NAMES
 from .errors import UsageError
+from .export import save_compact
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import atomic_output_dir, check_output_dir
@@ -64,11 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p, "pydoc")
     p.add_argument("--output", required=True, help="directory to write (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--save-format", default="hf", choices=("hf", "compact"),
+                   help="hf: Hugging Face weights with zeros in place; compact: packed 2:4/bitmask weights")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--skip-dense-eval", action="store_true", help="evaluate only the pruned model")
     p.add_argument("--checkpoint-dir", help="save progress after every layer here; rerun to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_method_options(p)
+
+    p = sub.add_parser("bench", help="speed and memory of a 2:4 model against its dense self; JSON + PNG")
+    _add_model_args(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=512)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("eval", help="perplexity of a model; prints JSON")
     _add_model_args(p)
@@ -206,8 +216,12 @@ def cmd_prune(args) -> int:
                             "torch": torch.__version__, "python": platform.python_version()},
             "layers": [dataclasses.asdict(op) for op in result.operators],
         }
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if args.save_format == "compact":
+            report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
+        else:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            report["saved"] = {"format": "hf"}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
 
     print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
@@ -235,6 +249,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .eval.speed import bench, plot
+
+    _check_positive(batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len)
+    device = _device(args.device)
+    dtype = parse_dtype("float16" if args.dtype == "float32" and device != "cpu" else args.dtype)
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: directory {output.parent} does not exist")
+    model, _ = load_model(args.model, dtype, device)
+    report = bench(model, args.batch, args.prompt_len, args.gen_len, dtype)
+    if "note" in report:
+        _log(report["note"])
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    plot(report, output.with_suffix(".png"))
+    tmp.replace(output)
+    print(json.dumps({k: report[k] for k in ("device", "dense", "sparse", "layers_converted") if k in report},
+                     indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -242,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     try:
         args = build_parser().parse_args(argv)
-        return {"prune": cmd_prune, "eval": cmd_eval}[args.command](args)
+        return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
     except UsageError as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2

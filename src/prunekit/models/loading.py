@@ -70,7 +70,7 @@ def resolve_model(spec: str) -> str:
         return str(_embedded_directory(spec))
     path = Path(spec).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
+        if not path.is_dir() or not (path / "config.json").is_file():  # compact dirs hold config.json too
             raise UsageError(f"{spec} is not a model directory (no config.json): pass a directory written by "
                              "save_pretrained, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
         return str(path)
@@ -85,6 +85,11 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 
     torch_dtype = parse_dtype(dtype)
     source = resolve_model(spec)
+    from ..export import is_compact, load_compact
+
+    if is_compact(source):  # prunekit's compact format: packed sparse weights, restored bit for bit
+        model = load_compact(source).to(torch_dtype)
+        return model.to(device), AutoTokenizer.from_pretrained(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)

@@ -23,4 +23,4 @@ class MagnitudePruner(Pruner):
     def prune(self, weight: torch.Tensor) -> torch.Tensor:
         """Score |W_ij|; unstructured compares the whole matrix (the usual layer-wise baseline)."""
         mask = select_mask(weight.abs(), self.config.pattern, self.config.sparsity, group="matrix")
-        return weight * mask
+        return weight.masked_fill(~mask, 0.0)

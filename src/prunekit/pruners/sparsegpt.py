@@ -92,7 +92,7 @@ class SparseGPTPruner(Pruner):
                 if pattern.is_nm and i % pattern.m == 0:
                     scores = (B[i:i + pattern.m] ** 2 / d[i:i + pattern.m] ** 2).t()
                     keep[i:i + pattern.m] = keep_n_of_m(scores, pattern.n, pattern.m).t()
-                q = B[i] * keep[i]
+                q = torch.where(keep[i], B[i], 0.0)
                 if cfg.update:
                     errs[i] = (B[i] - q) / d[i]
                     B[i:].addr_(Hb[i, i:], errs[i], alpha=-1.0)

@@ -32,4 +32,5 @@ class WandaPruner(Pruner):
 
     def prune(self, weight: torch.Tensor) -> torch.Tensor:
         """Each output row is its own comparison group (Wanda §3)."""
-        return weight * select_mask(self.scores(weight), self.config.pattern, self.config.sparsity, group="row")
+        keep = select_mask(self.scores(weight), self.config.pattern, self.config.sparsity, group="row")
+        return weight.masked_fill(~keep, 0.0)  # +0.0, not the -0.0 that weight * mask gives

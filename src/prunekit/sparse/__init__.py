@@ -1,0 +1,7 @@
+"""Sparse weights at rest (lossless packings) and at run time (2:4 kernels)."""
+
+from .linear import SparseLinear24, convertible_shapes, sparsify
+from .packing import is_24, pack_24, pack_bitmask, unpack_24, unpack_bitmask
+
+__all__ = ["SparseLinear24", "convertible_shapes", "is_24", "pack_24", "pack_bitmask", "sparsify",
+           "unpack_24", "unpack_bitmask"]

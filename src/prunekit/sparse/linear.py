@@ -1,0 +1,161 @@
+"""A linear layer that keeps its 2:4 weight compressed and runs the fastest kernel for each call.
+
+On CUDA the weight is compressed once for cuSPARSELt, whose buffer begins with exactly the kept
+values in row-major order (checked at run time), so `values` becomes a view into it and the layer
+holds 0.5625× + 0.0625× (our indices) of the dense bytes. Paths, chosen per (shape, rows, dtype) by
+timing them once in a CUDA graph and caching the winner:
+- `triton`: the decode kernel of triton_decode.py (≤ 16 rows) on values + indices;
+- `cslt`:   `torch._cslt_sparse_mm(W, xᵀ)` with the searched algorithm, rows padded to a multiple of
+            16 (cuSPARSELt refuses a single column); `transpose_result=True` is avoided: it costs
+            ≈300 ms per eager call and doubles the kernel time (measured, BENCHMARKS.md);
+- `cslt_c`: the same with xᵀ made contiguous first.
+An eager cuSPARSELt call also spends ≈0.6–1 ms building descriptors and a plan on the host; in a
+CUDA graph that disappears, so serving runs graphed (prunekit.eval.speed). Elsewhere (CPU) the
+layer computes the dense product of the unpacked weight: same numbers, no speed.
+
+Whether a layer is worth converting at all is decided per weight shape from measured timings
+(`convertible_shapes`): a shape whose sparse kernels lose to dense stays a plain nn.Linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import triton_decode
+from .packing import is_24, pack_24, unpack_24
+
+#: (out, in, rows, dtype, input contiguous) → (path, cuSPARSELt algorithm id, split-K), shared by
+#: all layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
+PLANS: dict[tuple, tuple[str, int, int]] = {}
+PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
+
+
+def cusparselt_available() -> bool:
+    return torch.cuda.is_available() and hasattr(torch, "_cslt_compress") and torch.backends.cusparselt.is_available()
+
+
+class SparseLinear24(nn.Module):
+    """y = x Wᵀ + b with W stored as 2:4 packed values [out, in/2] and indices [out, in/8]."""
+
+    #: cuSPARSELt writes Wxᵀ ([out, rows]); return its transpose as a view (False) or a contiguous copy
+    contiguous_output = True
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, in_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, values.shape[0]
+        self.register_buffer("values", values)
+        self.register_buffer("meta", meta)
+        self.register_buffer("bias", bias)
+        self._compressed = None  # cuSPARSELt's buffer (values, then its own metadata)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "SparseLinear24":
+        values, meta = pack_24(linear.weight.data)
+        bias = linear.bias.data if linear.bias is not None else None
+        return cls(values, meta, bias, linear.in_features)
+
+    def dense_weight(self) -> torch.Tensor:
+        return unpack_24(self.values, self.meta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and cusparselt_available():
+            y = self._cuda_forward(x2)
+        else:
+            y = F.linear(x2, self.dense_weight(), self.bias)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def _prepare_cuda(self) -> None:
+        if self._compressed is not None and self._compressed.device == self.values.device:
+            return
+        compressed = torch._cslt_compress(self.dense_weight())
+        head = compressed.flatten()[: self.values.numel()].view_as(self.values)
+        if torch.equal(head, self.values):
+            self.values = head  # one copy of the values, shared with cuSPARSELt
+        self._compressed = compressed
+
+    def _cuda_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        self._prepare_cuda()
+        key = (self.out_features, self.in_features, x2.shape[0], x2.dtype, x2.is_contiguous())
+        if key not in PLANS:
+            if torch.cuda.is_current_stream_capturing():
+                return self._run(("cslt", 0, 1), x2)
+            PLANS[key] = self._choose(x2, key)
+        return self._run(PLANS[key], x2)
+
+    def _candidates(self, x2: torch.Tensor) -> list[tuple[str, int, int]]:
+        padded = self._pad(x2)
+        found = []
+        for path, B in (("cslt", padded.t()), ("cslt_c", padded.t().contiguous())):
+            alg = torch._cslt_sparse_mm_search(self._compressed, B)
+            found += [(path, alg, split) for split in (1, 2, 4)]
+        if x2.shape[0] <= triton_decode.MAX_ROWS and triton_decode.available():
+            found.append(("triton", 0, 1))
+        if x2.shape[0] == 1 and triton_decode.available():
+            found.append(("gemv", 0, 1))
+        return found
+
+    def _choose(self, x2: torch.Tensor, key: tuple) -> tuple[str, int, int]:
+        """The fastest path for this row count, timed in a CUDA graph."""
+        from ..eval.speed import time_calls
+
+        timings = {}
+        for plan in self._candidates(x2):
+            try:
+                timings[plan] = time_calls([lambda plan=plan: self._run(plan, x2)], repeats=5)
+            except RuntimeError:  # e.g. a split cuSPARSELt does not support for this shape
+                continue
+        PLAN_TIMINGS[key] = {"/".join(map(str, plan)): ms for plan, ms in timings.items()}
+        return min(timings, key=timings.get)
+
+    @staticmethod
+    def _pad(x2: torch.Tensor) -> torch.Tensor:
+        pad = -x2.shape[0] % 16
+        return F.pad(x2, (0, 0, 0, pad)) if pad else x2
+
+    def _run(self, plan: tuple[str, int, int], x2: torch.Tensor) -> torch.Tensor:
+        path, alg, split = plan
+        if path == "triton":
+            return triton_decode.spmm24(x2, self.values, self.meta, self.bias)
+        if path == "gemv":
+            return triton_decode.gemv24(x2, self.values, self.meta, self.bias)
+        rows = x2.shape[0]
+        xt = self._pad(x2).t()
+        if path == "cslt_c":
+            xt = xt.contiguous()
+        y = torch._cslt_sparse_mm(self._compressed, xt, self.bias, alg_id=alg, split_k=split)  # [out, padded rows]
+        y = y[:, :rows].t()
+        return y.contiguous() if self.contiguous_output else y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, 2:4, bias={self.bias is not None}"
+
+
+def convertible_shapes(timings: list[dict], tolerance: float = 0.03) -> set[tuple[int, int]]:
+    """Weight shapes (out, in) to run sparse: those whose sparse time is never above dense × (1 + tolerance)
+    at any measured token count. `timings`: rows with keys out, in, tokens, dense_ms, sparse_ms.
+    Deterministic for a given table; a shape with no measurement is not converted."""
+    verdict: dict[tuple[int, int], bool] = {}
+    for row in sorted(timings, key=lambda r: (r["out"], r["in"], r["tokens"])):
+        shape = (row["out"], row["in"])
+        ok = row["sparse_ms"] <= row["dense_ms"] * (1 + tolerance)
+        verdict[shape] = verdict.get(shape, True) and ok
+    return {shape for shape, ok in verdict.items() if ok}
+
+
+def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None) -> int:
+    """Replace every nn.Linear whose weight is 2:4 (and, if given, whose shape is in `shapes`) by a
+    SparseLinear24, in place; returns how many were replaced."""
+    replaced = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.Linear) or not is_24(child.weight.data):
+                continue
+            if shapes is not None and tuple(child.weight.shape) not in shapes:
+                continue
+            setattr(module, child_name, SparseLinear24.from_linear(child))
+            replaced += 1
+    return replaced

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from prunekit.patterns import keep_n_of_m
+from prunekit.sparse import SparseLinear24, convertible_shapes, sparsify, triton_decode
+from prunekit.sparse.packing import pack_24
+
+
+def random_24(out=48, inp=64, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, inp, generator=g).to(dtype)
+    return W.masked_fill(~keep_n_of_m(W.abs().float(), 2, 4), 0.0)
+
+
+def test_module_matches_dense_linear_on_cpu():
+    linear = torch.nn.Linear(64, 48)
+    linear.weight.data = random_24()
+    sparse = SparseLinear24.from_linear(linear)
+    x = torch.randn(3, 5, 64)
+    assert torch.allclose(sparse(x), linear(x), atol=1e-6)
+    assert torch.equal(sparse.dense_weight(), linear.weight.data)
+
+
+def test_sparsify_replaces_only_24_linears():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 16))
+    model[0].weight.data = random_24()
+    x = torch.randn(4, 64)
+    before = model(x)
+    assert sparsify(model) == 1
+    assert isinstance(model[0], SparseLinear24) and isinstance(model[2], torch.nn.Linear)
+    assert torch.allclose(model(x), before, atol=1e-6)
+    assert sparsify(torch.nn.Sequential(torch.nn.Linear(64, 48)), shapes={(16, 64)}) == 0
+
+
+def test_fallback_choice_is_deterministic_for_a_timing_table():
+    table = [
+        {"out": 4096, "in": 4096, "tokens": 1, "dense_ms": 0.013, "sparse_ms": 0.0134},  # 3.1% slower: dense
+        {"out": 4096, "in": 4096, "tokens": 2048, "dense_ms": 0.09, "sparse_ms": 0.06},
+        {"out": 11008, "in": 4096, "tokens": 1, "dense_ms": 0.027, "sparse_ms": 0.0278},  # 2.96% slower: allowed
+        {"out": 11008, "in": 4096, "tokens": 2048, "dense_ms": 0.25, "sparse_ms": 0.17},
+    ]
+    assert convertible_shapes(table) == {(11008, 4096)}
+    assert convertible_shapes(list(reversed(table))) == {(11008, 4096)}
+    assert convertible_shapes(table, tolerance=0.05) == {(4096, 4096), (11008, 4096)}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuSPARSELt and Triton kernels)")
+@pytest.mark.parametrize("rows", [1, 7, 16, 128, 2048])
+def test_cuda_paths_match_dense_in_fp16(rows):
+    linear = torch.nn.Linear(4096, 1024, dtype=torch.float16, device="cuda")
+    linear.weight.data = random_24(1024, 4096, torch.float16).cuda()
+    sparse = SparseLinear24.from_linear(linear)
+    x = torch.randn(rows, 4096, dtype=torch.float16, device="cuda")
+    ref = linear(x).float()
+    assert ((sparse(x).float() - ref).norm() / ref.norm()) < 2e-3
+
+
+def triton_interpreter():
+    import os
+
+    return triton_decode.available() and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not triton_interpreter(), reason="runs the Triton kernels on CPU only under TRITON_INTERPRET=1 "
+                    "with Triton installed (GPU machines test them through test_cuda_paths_match_dense_in_fp16)")
+@pytest.mark.parametrize("rows,out,inp", [(1, 40, 256), (5, 17, 96), (16, 64, 512)])
+def test_triton_kernels_in_the_interpreter(rows, out, inp):
+    W = random_24(out, inp)
+    values, meta = pack_24(W)
+    x, bias = torch.randn(rows, inp), torch.randn(out)
+    small = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4}
+    assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
+    if rows == 1:
+        cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1}
+        assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)

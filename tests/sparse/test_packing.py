@@ -1,0 +1,49 @@
+import itertools
+
+import pytest
+import torch
+
+from prunekit.sparse.packing import is_24, pack_24, pack_bitmask, unpack_24, unpack_bitmask
+
+
+def every_24_group() -> torch.Tensor:
+    """All 11 supports a 2:4 group can have (0, 1 or 2 non-zeros), with random non-zero values."""
+    supports = [()] + [(i,) for i in range(4)] + list(itertools.combinations(range(4), 2))
+    groups = torch.zeros(len(supports), 4)
+    for row, support in enumerate(supports):
+        for i in support:
+            groups[row, i] = torch.randn(()).item() or 1.0
+    return groups
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_possible_24_group_round_trips(dtype):
+    groups = every_24_group().to(dtype)  # 11 groups
+    # every group at every position of an 8-wide row pair: both nibbles of a byte are exercised
+    rows = torch.stack([torch.cat([a, b]) for a in groups for b in groups])  # [121, 8]
+    values, meta = pack_24(rows)
+    assert values.shape == (121, 4) and meta.shape == (121, 1) and meta.dtype == torch.uint8
+    restored = unpack_24(values, meta)
+    assert torch.equal(restored.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       rows.view(torch.int16 if dtype != torch.float32 else torch.int32))
+
+
+def test_negative_zero_is_kept_bit_exactly():
+    W = torch.tensor([[0.0, -0.0, 1.5, 0.0, 0.0, 0.0, 0.0, 2.0]])
+    restored = unpack_24(*pack_24(W))
+    assert torch.equal(restored.view(torch.int32), W.view(torch.int32))
+
+
+def test_not_24_is_refused():
+    W = torch.ones(2, 8)
+    assert not is_24(W)
+    with pytest.raises(ValueError, match="not 2:4"):
+        pack_24(W)
+
+
+@pytest.mark.parametrize("cols", [8, 13, 64])
+def test_bitmask_round_trip(cols):
+    W = torch.randn(7, cols).masked_fill(torch.rand(7, cols) > 0.3, 0.0)
+    values, mask = pack_bitmask(W)
+    assert values.numel() == int((W != 0).sum()) and mask.shape == (7, -(-cols // 8))
+    assert torch.equal(unpack_bitmask(values, mask, cols).view(torch.int32), W.view(torch.int32))
