@@ -73,26 +73,25 @@ def main():
     if not args.skip_linear:
         for out, inp in SHAPES:
             for tokens in TOKENS:
-                for graphed in (True, False) if tokens in (16, 2048) else (True,):
-                    r = compare_linear(out, inp, tokens, graphed=graphed)
-                    key = (out, inp, tokens, torch.float16, True)
+                for graphed, view in ((True, True), (True, False), (False, True)) if tokens in (16, 2048) else ((True, True), (True, False)):
+                    r = compare_linear(out, inp, tokens, graphed=graphed, view_output=view)
+                    key = (out, inp, tokens, torch.float16, True, not view or tokens <= 16)
                     r["path"] = "/".join(map(str, PLANS.get(key, ("?",))))
                     r["candidates"] = PLAN_TIMINGS.get(key)
                     rows.append(r)
                     print(json.dumps(r), flush=True)
     info["rows"] = rows
-    shapes = convertible_shapes([r for r in rows if r["graphed"]]) if rows else None
+    shapes = convertible_shapes([r for r in rows if r["graphed"] and r["view_output"]]) if rows else None
     info["convertible"] = sorted(shapes) if shapes is not None else None
 
     e2e = []
     for contiguous in (True, False):
-        SparseLinear24.contiguous_output = contiguous
         for batch, prompt in ((1, 2048), (16, 512)):
             model = random_llama(layers=args.layers)
             prune_24_(model)
             dense = measure_model(model, batch, prompt)
             dense["weights_mb"] = weight_mb(model)
-            replaced = sparsify(model, shapes)
+            replaced = sparsify(model, shapes, view_outputs=not contiguous)
             sparse = measure_model(model, batch, prompt)
             sparse["weights_mb"] = weight_mb(model)
             e2e.append({"batch": batch, "prompt_len": prompt, "layers": args.layers, "replaced": replaced,
@@ -109,7 +108,7 @@ def main():
     print("\n| weight (out×in) | tokens | mode | path | dense ms | 2:4 ms | speed-up | rel. err |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['out']}×{r['in']} | {r['tokens']} | {'graphed' if r['graphed'] else 'eager'} | {r['path']} "
+        print(f"| {r['out']}×{r['in']} | {r['tokens']} | {'graphed' if r['graphed'] else 'eager'}{' view' if r['view_output'] else ''} | {r['path']} "
               f"| {r['dense_ms']:.4f} | {r['sparse_ms']:.4f} | {r['speedup']:.2f}× | {r['rel_err']:.1e} |")
     print("\n| output | batch × prompt | layers replaced | prefill tok/s dense → 2:4 | decode tok/s dense → 2:4 | peak MB prefill | peak MB decode | weights MB |")
     print("|---|---|---|---|---|---|---|---|")

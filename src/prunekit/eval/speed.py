@@ -62,12 +62,15 @@ def time_calls(calls: list, repeats: int = 20, graphed: bool = True) -> float:
 
 
 def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch.float16,
-                   graphed: bool = True) -> dict:
-    """Dense vs SparseLinear24 milliseconds for one weight shape and token count."""
+                   graphed: bool = True, view_output: bool = False) -> dict:
+    """Dense vs SparseLinear24 milliseconds for one weight shape and token count (`view_output`: the
+    layer returns its transposed result as a view, as layers not feeding attention do)."""
     weight_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
     copies = max(1, -(-4 * L2_BYTES // weight_bytes))
     dense = [random_24_linear(out_features, in_features, dtype) for _ in range(copies)]
     sparse = [SparseLinear24.from_linear(layer) for layer in dense]
+    for layer in sparse:
+        layer.contiguous_output = not view_output
     x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
     with torch.no_grad():
         ref = dense[0](x)
@@ -75,7 +78,7 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
         dense_ms = time_calls([lambda layer=layer: layer(x) for layer in dense], graphed=graphed)
         sparse_ms = time_calls([lambda layer=layer: layer(x) for layer in sparse], graphed=graphed)
     return {"out": out_features, "in": in_features, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
-            "graphed": graphed, "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+            "graphed": graphed, "view_output": view_output, "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
             "rel_err": err}
 
 

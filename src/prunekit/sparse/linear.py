@@ -6,9 +6,14 @@ holds 0.5625× + 0.0625× (our indices) of the dense bytes. Paths, chosen per (s
 timing them once in a CUDA graph and caching the winner:
 - `triton`: the decode kernel of triton_decode.py (≤ 16 rows) on values + indices;
 - `cslt`:   `torch._cslt_sparse_mm(W, xᵀ)` with the searched algorithm, rows padded to a multiple of
-            16 (cuSPARSELt refuses a single column); `transpose_result=True` is avoided: it costs
-            ≈300 ms per eager call and doubles the kernel time (measured, BENCHMARKS.md);
+            16 (cuSPARSELt refuses a single column); the result [out, rows] is returned transposed,
+            as a view or (contiguous_output) copied;
 - `cslt_c`: the same with xᵀ made contiguous first.
+cuSPARSELt writes W xᵀ as [out, rows]; asking it for [rows, out] (`transpose_result=True`) makes
+the algorithm search fail (internal error) and the default algorithm 2.7× slower, so the layer
+returns the transpose as a view. Consumers that only add, multiply or feed another linear layer
+take the view as is; attention needs contiguous q/k/v, so those layers (and every call of ≤ 16
+rows, where the copy is negligible) return a contiguous copy (`contiguous_output`).
 An eager cuSPARSELt call also spends ≈0.6–1 ms building descriptors and a plan on the host; in a
 CUDA graph that disappears, so serving runs graphed (prunekit.eval.speed). Elsewhere (CPU) the
 layer computes the dense product of the unpacked weight: same numbers, no speed.
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from . import triton_decode
 from .packing import is_24, pack_24, unpack_24
 
-#: (out, in, rows, dtype, input contiguous) → (path, cuSPARSELt algorithm id, split-K), shared by
+#: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id, split-K), shared by
 #: all layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
 PLANS: dict[tuple, tuple[str, int, int]] = {}
 PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
@@ -39,11 +44,11 @@ def cusparselt_available() -> bool:
 class SparseLinear24(nn.Module):
     """y = x Wᵀ + b with W stored as 2:4 packed values [out, in/2] and indices [out, in/8]."""
 
-    #: cuSPARSELt writes Wxᵀ ([out, rows]); return its transpose as a view (False) or a contiguous copy
-    contiguous_output = True
 
-    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, in_features: int):
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, in_features: int,
+                 contiguous_output: bool = True):
         super().__init__()
+        self.contiguous_output = contiguous_output
         self.in_features, self.out_features = in_features, values.shape[0]
         self.register_buffer("values", values)
         self.register_buffer("meta", meta)
@@ -54,7 +59,7 @@ class SparseLinear24(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> "SparseLinear24":
         values, meta = pack_24(linear.weight.data)
         bias = linear.bias.data if linear.bias is not None else None
-        return cls(values, meta, bias, linear.in_features)
+        return cls(values, meta, bias, linear.in_features)  # contiguous_output by default
 
     def dense_weight(self) -> torch.Tensor:
         return unpack_24(self.values, self.meta)
@@ -79,7 +84,9 @@ class SparseLinear24(nn.Module):
 
     def _cuda_forward(self, x2: torch.Tensor) -> torch.Tensor:
         self._prepare_cuda()
-        key = (self.out_features, self.in_features, x2.shape[0], x2.dtype, x2.is_contiguous())
+        rows = x2.shape[0]
+        key = (self.out_features, self.in_features, rows, x2.dtype, x2.is_contiguous(),
+               self.contiguous_output or rows <= 16)
         if key not in PLANS:
             if torch.cuda.is_current_stream_capturing():
                 return self._run(("cslt", 0, 1), x2)
@@ -128,7 +135,7 @@ class SparseLinear24(nn.Module):
             xt = xt.contiguous()
         y = torch._cslt_sparse_mm(self._compressed, xt, self.bias, alg_id=alg, split_k=split)  # [out, padded rows]
         y = y[:, :rows].t()
-        return y.contiguous() if self.contiguous_output else y
+        return y.contiguous() if self.contiguous_output or rows <= 16 else y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, 2:4, bias={self.bias is not None}"
@@ -146,16 +153,35 @@ def convertible_shapes(timings: list[dict], tolerance: float = 0.03) -> set[tupl
     return {shape for shape, ok in verdict.items() if ok}
 
 
-def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None) -> int:
+def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None, view_outputs: bool = True) -> int:
     """Replace every nn.Linear whose weight is 2:4 (and, if given, whose shape is in `shapes`) by a
-    SparseLinear24, in place; returns how many were replaced."""
+    SparseLinear24, in place; returns how many were replaced.
+
+    With `view_outputs`, layers whose output only feeds elementwise ops or another linear layer return
+    the transposed view; the layers that feed attention (the adapter's first operator group: q/k/v)
+    return contiguous outputs. Without an adapter for the model every output is contiguous."""
+    attention_inputs = _attention_input_names(model) if view_outputs else None
     replaced = 0
-    for module in list(model.modules()):
+    for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear) or not is_24(child.weight.data):
                 continue
             if shapes is not None and tuple(child.weight.shape) not in shapes:
                 continue
-            setattr(module, child_name, SparseLinear24.from_linear(child))
+            full = f"{name}.{child_name}" if name else child_name
+            sparse = SparseLinear24.from_linear(child)
+            sparse.contiguous_output = attention_inputs is None or full in attention_inputs
+            setattr(module, child_name, sparse)
             replaced += 1
     return replaced
+
+
+def _attention_input_names(model: nn.Module) -> set[str] | None:
+    from ..errors import UsageError
+    from ..models.adapters import get_adapter
+
+    try:
+        adapter = get_adapter(model)
+    except UsageError:
+        return None
+    return {f"{adapter.layer_prefix(i)}.{path}" for i in range(len(adapter.layers())) for path in adapter.groups[0]}
