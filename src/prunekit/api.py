@@ -7,7 +7,7 @@ import time
 import torch
 
 from . import data
-from .engine import PruneResult, prune_layerwise
+from .engine import PruneResult
 from .errors import UsageError
 from .eval.perplexity import perplexity
 from .models.adapters import get_adapter
@@ -20,8 +20,8 @@ def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batc
           progress: bool = True, checkpoint_dir=None) -> PruneResult:
     """Prune `model` in place: `config` says how (e.g. WandaConfig(sparsity=0.5, pattern="2:4")),
     `calib` holds the calibration windows as token ids [nsamples, seqlen]."""
-    return prune_layerwise(model, config, calib, device=device, batch_size=batch_size, progress=progress,
-                           checkpoint_dir=checkpoint_dir)
+    return config.apply(model, calib, device=device, batch_size=batch_size, progress=progress,
+                        checkpoint_dir=checkpoint_dir)
 
 
 def bos_id(model, tokenizer, mode: str = "auto") -> int | None:

@@ -33,6 +33,13 @@ class PruneConfig:
     def make_pruner(self, in_features: int, device: torch.device) -> "Pruner":
         raise NotImplementedError
 
+    def apply(self, model, calib: torch.Tensor, **engine_options):
+        """Prune the whole model in place and return a PruneResult. Per-operator methods run the
+        layer-wise engine; whole-model methods (rotations, fine-tuning) override this."""
+        from ..engine import prune_layerwise
+
+        return prune_layerwise(model, self, calib, **engine_options)
+
 
 class Pruner:
     """Statistics of one operator's inputs, and the rule that prunes its weight from them."""
