@@ -70,3 +70,16 @@ def test_gemma_tokenizer_wikitext2_length(gemma_tokenizer):
     text = WIKI_TEST.read_text()
     original, saved = (len(t(text, add_special_tokens=False).input_ids) for t in gemma_tokenizer)
     assert 291_000 < original < 293_500 and saved == original
+
+
+def test_a_local_gguf_file_is_converted_with_the_architectures_tokenizer(tmp_path, monkeypatch):
+    import prunekit.models.loading as loading
+
+    calls = []
+    monkeypatch.setattr(loading, "_converted_directory",
+                        lambda name, stamp, gguf_path, kind: calls.append((name, stamp, gguf_path(None), kind)) or tmp_path)
+    gguf = tmp_path / "gemma-3-270m-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert loading.resolve_model(str(gguf)) == str(tmp_path)
+    ((name, stamp, path, kind),) = calls
+    assert name == "gguf-gemma-3-270m-q4_k_m" and stamp.startswith(str(gguf)) and path == gguf and kind == "auto"

@@ -18,6 +18,13 @@ SPECIAL_TOKENS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}  # Gemma's ids, checke
 UNKNOWN = 2
 
 
+def gguf_architecture(gguf_path: str | Path) -> str:
+    """`general.architecture` of a GGUF file, e.g. 'llama' or 'gemma3'."""
+    from gguf import GGUFReader
+
+    return GGUFReader(str(gguf_path)).fields["general.architecture"].contents()
+
+
 def read_vocabulary(gguf_path: str | Path) -> dict:
     """{'tokens', 'scores', 'types', 'model', and the special token ids} from a GGUF file's metadata."""
     from gguf import GGUFReader

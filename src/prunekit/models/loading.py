@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from .gguf_tokenizer import write_gemma_tokenizer
+from .gguf_tokenizer import gguf_architecture, write_gemma_tokenizer
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -101,14 +101,16 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_model(spec: str) -> str:
-    """The local directory or hub id to load for `spec`, converting an embedded GGUF on first use."""
+    """The local directory or hub id to load for `spec`, converting an embedded or local GGUF on first use."""
     if spec in EMBEDDED_MODELS:
         return str(_embedded_directory(spec))
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_gguf_file_directory(path))
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UsageError(f"{spec} is not a model directory (no config.json): pass a directory written by "
-                             "save_pretrained, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
+                             "save_pretrained, a .gguf file, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UsageError(f"model path {spec} does not exist")
@@ -116,7 +118,7 @@ def resolve_model(spec: str) -> str:
 
 
 def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, tokenizer) for an embedded name, a local directory, or a hub id; model in eval mode."""
+    """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
@@ -135,7 +137,19 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 def _embedded_directory(name: str) -> Path:
     """The cached Hugging Face directory of an embedded model, written on first use."""
     embedded = EMBEDDED_MODELS[name]
-    stamp = embedded.stamp()
+    return _converted_directory(name, embedded.stamp(), embedded.gguf_path, embedded.tokenizer)
+
+
+def _gguf_file_directory(path: Path) -> Path:
+    """The cached Hugging Face directory of a local .gguf file (e.g. an embedded model's GGUF copied to a
+    machine without the package), written on first use. Gemma 3 files get the rebuilt tokenizer."""
+    path = path.resolve()
+    stamp = f"{path} {path.stat().st_size}-{int(path.stat().st_mtime)}"
+    return _converted_directory(f"gguf-{path.stem}", stamp, lambda workdir: path, "auto")
+
+
+def _converted_directory(name: str, stamp: str, gguf_path, tokenizer_kind: str) -> Path:
+    """cache/models/<name>: the dequantized model and its tokenizer, rewritten when `stamp` changes."""
     target = cache_dir() / "models" / name
     if (target / "prunekit-source.txt").is_file() and (target / "prunekit-source.txt").read_text() == stamp:
         return target
@@ -143,7 +157,7 @@ def _embedded_directory(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp-"))
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.gguf-"))
     try:
-        model, tokenizer = _load_gguf(embedded.gguf_path(work), embedded.tokenizer, work)
+        model, tokenizer = _load_gguf(gguf_path(work), tokenizer_kind, work)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prunekit-source.txt").write_text(stamp)
@@ -156,9 +170,14 @@ def _embedded_directory(name: str) -> Path:
 
 
 def _load_gguf(gguf: Path, tokenizer_kind: str = "gguf", workdir: Path | None = None):
-    """Dequantize a GGUF file into an ordinary fp32 transformers model (and its tokenizer)."""
+    """Dequantize a GGUF file into an ordinary fp32 transformers model (and its tokenizer).
+
+    `tokenizer_kind`: "gguf" (transformers' conversion), "gemma" (rebuilt, see gguf_tokenizer.py) or
+    "auto" (gemma for Gemma 3 files)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if tokenizer_kind == "auto":
+        tokenizer_kind = "gemma" if gguf_architecture(gguf) == "gemma3" else "gguf"
     if tokenizer_kind == "gemma":
         tokenizer_dir = write_gemma_tokenizer(gguf, Path(workdir or tempfile.mkdtemp()) / "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
