@@ -1,7 +1,8 @@
-"""Tiny randomly initialised models (Llama and OPT) and a byte-level tokenizer, for fast tests."""
+"""Tiny randomly initialised models (Llama, OPT, Gemma 3) and a byte-level tokenizer, for fast tests."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,7 +36,27 @@ def tiny_opt(seed: int = 0, layers: int = 2, vocab: int = 256):
     return OPTForCausalLM(config).eval()
 
 
-def byte_tokenizer():
+def tiny_gemma(seed: int = 0, layers: int = 2, vocab: int = 256):
+    """Gemma 3 text: a sliding-window layer (window 16, shorter than the test windows) and a full one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                              sliding_window=16, layer_types=["sliding_attention", "full_attention"][:layers],
+                              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # Gemma's RMSNorms scale by (1 + w) and start at w = 0: make them matter
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0, 0.3)
+    return model
+
+
+FAMILIES = {"llama": tiny_llama, "opt": tiny_opt, "gemma": tiny_gemma}
+
+
+def byte_tokenizer(add_bos: bool = False):
     """A 256-token byte-level tokenizer (ids 0-2 double as pad/bos/eos)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -46,18 +67,21 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     inv = {i: ch for ch, i in vocab.items()}
+    if add_bos:  # like Gemma's tokenizer: add_special_tokens=True puts BOS first
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(single=f"{inv[1]} $A", special_tokens=[(inv[1], 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=inv[0], bos_token=inv[1], eos_token=inv[2])
 
 
-@pytest.fixture(params=["llama", "opt"])
+@pytest.fixture(params=list(FAMILIES))
 def tiny_model(request):
-    return (tiny_llama if request.param == "llama" else tiny_opt)()
+    return FAMILIES[request.param]()
 
 
-def save_tiny(path: Path, family: str = "llama") -> Path:
-    model = tiny_llama() if family == "llama" else tiny_opt()
-    model.save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
+def save_tiny(path: Path, family: str = "llama", add_bos: bool = False) -> Path:
+    FAMILIES[family]().save_pretrained(path)
+    byte_tokenizer(add_bos).save_pretrained(path)
     return path
 
 
@@ -83,3 +107,12 @@ def _quiet():
 
 def random_windows(n: int = 4, seqlen: int = 32, vocab: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def write_arc(folder, n=3):
+    """A tiny arc_easy test split in the ai2_arc schema."""
+    folder.mkdir(exist_ok=True)
+    docs = [{"id": str(i), "question": f"Which number is {i}?", "answerKey": "B",
+             "choices": {"text": ["one", "two", "three"], "label": ["A", "B", "C"]}} for i in range(n)]
+    (folder / "arc_easy.test.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    return folder

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import random_windows, tiny_llama
+from conftest import random_windows, tiny_llama, write_arc
 from prunekit import SparseGPTConfig, get_adapter, prune
 from prunekit.cli import main
 from prunekit.patterns import max_nonzeros_per_group
@@ -136,11 +136,33 @@ def test_failure_mid_run_leaves_no_output(tiny_model_dir, text_file, tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_eval_prints_json(tiny_model_dir, text_file, capsys):
-    code, stdout, _ = run(["eval", "--model", tiny_model_dir, "--eval-data", text_file, "--eval-seqlen", 64,
-                           "--max-eval-segments", 2, "--quiet"], capsys)
+def test_eval_prints_a_table_or_json(tiny_model_dir, text_file, capsys):
+    args = ["eval", "--model", tiny_model_dir, "--eval-data", text_file, "--eval-seqlen", 64, "--max-eval-segments", 2,
+            "--quiet"]
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "| perplexity text |" in stdout
+    code, stdout, _ = run(args + ["--json"], capsys)
+    report = json.loads(stdout)
+    assert code == 0 and report["ppl"]["text"] > 1 and report["evaluation"]["bos_mode"] == "auto"
+    assert report["evaluation"]["bos"] is False and report["zero_shot"] == {}
+
+
+def test_prune_puts_dense_and_pruned_zero_shot_side_by_side(tiny_model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    data = write_arc(tmp_path / "tasks")
+    code, stdout, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--eval-tasks", "arc_easy",
+                                           "--task-data", data, "--eval-bos", "never"), capsys)
     assert code == 0
-    assert json.loads(stdout)["ppl"]["text"] > 1
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["zero_shot"]) == {"dense", "pruned"}
+    for column in ("dense", "pruned"):
+        score = report["zero_shot"][column]["arc_easy"]
+        assert 0 <= score["acc"] <= 1 and score["examples"] == 3
+        assert report["zero_shot_mean"][column] == {"metric": "acc", "value": score["acc"], "tasks": ["arc_easy"]}
+    settings = report["evaluation"]
+    assert settings["bos_mode"] == "never" and settings["zero_shot"]["add_bos_token"] is False
+    assert "| | dense | pruned |" in report["table"] and "| arc_easy acc |" in report["table"]
+    assert report["table"] in stdout
 
 
 def test_console_script_exit_status(tmp_path):

@@ -58,3 +58,40 @@ def test_missing_file_is_a_usage_error():
 def test_too_short_calibration_text():
     with pytest.raises(UsageError, match="fewer than --seqlen"):
         data.calibration_windows(torch.arange(10), 4, 16, 0)
+
+
+class CharTokenizer:
+    """One id per character (its code point): token windows can be computed by hand."""
+
+    def __call__(self, text, add_special_tokens=True):
+        assert add_special_tokens is False
+        return type("Encoding", (), {"input_ids": [ord(c) for c in text]})
+
+
+def test_c4_windows_match_a_hand_computation(tmp_path):
+    """SparseGPT/Wanda C4 protocol: validation documents joined by a space, tokenized once, then the first
+    non-overlapping windows, capped by --max-eval-segments."""
+    docs = ["Alpha beta gamma.", "Delta\nepsilon", "zeta eta theta iota kappa", "lambda"]
+    path = tmp_path / "c4.validation.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d, "timestamp": "t", "url": "u"}) for d in docs))
+    ids = data.tokenize(CharTokenizer(), data.load_text(str(path), "evaluation").text)
+    windows = data.evaluation_windows(ids, seqlen=16, max_segments=2)
+    joined = "Alpha beta gamma. Delta\nepsilon zeta eta theta iota kappa lambda"
+    assert windows.tolist() == [[ord(c) for c in joined[0:16]], [ord(c) for c in joined[16:32]]]
+    assert data.evaluation_windows(ids, seqlen=16).shape == (len(joined) // 16, 16)
+
+
+def test_c4_by_name_reads_the_first_1100_validation_documents(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {"text": [f"doc{i}" for i in range(1500)]}
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    text = data.load_text("c4", "evaluation")
+    assert calls == [(("allenai/c4",), {"split": "validation",
+                                         "data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"}})]
+    assert text.text == " ".join(f"doc{i}" for i in range(1100))

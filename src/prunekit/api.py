@@ -1,14 +1,17 @@
-"""The library's verbs: prune a model with a config, and measure perplexity. The CLI is a thin layer over these."""
+"""The library's verbs: prune a model with a config, measure perplexity and zero-shot accuracy.
+The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from . import data
 from .engine import PruneResult
 from .errors import UsageError
+from .eval import zeroshot
 from .eval.perplexity import perplexity
 from .models.adapters import get_adapter
 from .pruners.base import PruneConfig
@@ -60,3 +63,43 @@ def evaluate(model, sets: dict, device="cpu", batch_size: int = 1, bos: int | No
                             progress=progress, desc=f"perplexity {name}")
            for name, (windows, _) in sets.items()}
     return ppl, time.perf_counter() - t0
+
+
+def split_tasks(specs: list[str]) -> tuple[list[str], list[str]]:
+    """(perplexity data specs, zero-shot task names) from one list such as `wikitext2,c4,boolq,rte`.
+
+    A perplexity set is a data name (pydoc, wikitext2, c4, ptb) or an existing text/JSONL file; a
+    zero-shot task is one of `zeroshot.task_names()`. Anything else is a UsageError, before any work."""
+    ppl, tasks = [], []
+    known = zeroshot.task_names()
+    for spec in specs:
+        if spec in known:
+            tasks.append(spec)
+        elif spec in data.NAMES or Path(spec).expanduser().is_file():
+            ppl.append(spec)
+        elif "/" in spec or Path(spec).suffix:
+            raise UsageError(f"data file {spec!r} not found: pass an existing text/JSONL file")
+        else:
+            raise UsageError(f"unknown task {spec!r}: perplexity on {', '.join(data.NAMES)} or a text/JSONL file, "
+                             f"zero-shot on {', '.join(known)}")
+    return ppl, tasks
+
+
+def evaluate_suite(model, tokenizer, sets: dict, tasks: dict, *, device="cpu", batch_size: int = 1,
+                   bos: int | None = None, limit: int | None = None, progress: bool = True) -> dict:
+    """Perplexity on prepared `sets` (see evaluation_sets) and zero-shot accuracy on lm-eval `tasks`
+    (see zeroshot.load_tasks), as one JSON-ready dict: {"ppl", "zero_shot", "zero_shot_mean", "seconds"}.
+
+    Zero-shot prepends BOS exactly when perplexity does (`bos`), through lm-eval's `add_bos_token`."""
+    model.to(device)  # pruning leaves the layers on the offload device (CPU)
+    ppl, ppl_seconds = evaluate(model, sets, device, batch_size, bos, progress) if sets else ({}, 0.0)
+    out = {"ppl": ppl, "zero_shot": {}, "zero_shot_mean": None, "seconds": {"ppl": ppl_seconds}}
+    if tasks:
+        t0 = time.perf_counter()
+        scores = zeroshot.zero_shot(model, tokenizer, tasks, batch_size=batch_size, limit=limit,
+                                    add_bos_token=bos is not None, progress=progress)
+        out["zero_shot"] = {name: score.as_dict() for name, score in scores.items()}
+        out["zero_shot_mean"] = {"metric": zeroshot.MEAN_METRIC, "value": zeroshot.mean_accuracy(scores),
+                                 "tasks": list(scores)}
+        out["seconds"]["zero_shot"] = time.perf_counter() - t0
+    return out

@@ -19,9 +19,11 @@ from . import __version__, api
 from .data import NAMES
 from .errors import UsageError
 from .export import save_compact
+from .eval import zeroshot
+from .eval.table import results_table
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
-from .outputs import atomic_output_dir, check_output_dir
+from .outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
 from .pruners import CONFIGS, PruneConfig, config_class
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -39,13 +41,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
 
 
-def _add_eval_args(p: argparse.ArgumentParser, default_data: str) -> None:
+def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None) -> None:
     p.add_argument("--eval-data", default=default_data,
-                   help="comma-separated names (pydoc, wikitext2, c4, ptb) or text/JSONL paths; 'none' skips")
+                   help="perplexity sets: comma-separated names (pydoc, wikitext2, c4, ptb) or text/JSONL paths; "
+                        "'none' skips")
     p.add_argument("--eval-seqlen", type=int, default=1024)
     p.add_argument("--max-eval-segments", type=int, default=40, help="evaluate at most this many windows")
-    p.add_argument("--eval-bos", default="auto", help="auto (per model family), always or never")
+    p.add_argument("--eval-bos", default="auto",
+                   help="BOS at the start of every window and zero-shot prompt: auto (per model family), always "
+                        "or never")
     p.add_argument("--eval-batch-size", type=int, default=1)
+    p.add_argument("--task-data", help="folder of local zero-shot JSONL files (e.g. ../shared/data/zeroshot); "
+                                       "without it lm-eval's standard tasks load their data from the hub")
+    p.add_argument("--limit", type=int, help="zero-shot: score only the first N documents of each task")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
     p.add_argument("--seed", type=int, default=0)
     _add_eval_args(p, "pydoc")
+    p.add_argument("--eval-tasks", default="",
+                   help=f"zero-shot tasks ({', '.join(zeroshot.task_names())}) and more perplexity sets, "
+                        "comma-separated: evaluated on the dense and the pruned model")
     p.add_argument("--output", required=True, help="directory to write (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--save-format", default="hf", choices=("hf", "compact"),
@@ -80,10 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
-    p = sub.add_parser("eval", help="perplexity of a model; prints JSON")
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model; prints a table")
     _add_model_args(p)
-    _add_eval_args(p, "pydoc")
+    p.add_argument("--tasks", default="",
+                   help="comma-separated: perplexity sets (pydoc, wikitext2, c4, ptb, or a text/JSONL path) and "
+                        f"zero-shot tasks ({', '.join(zeroshot.task_names())})")
+    _add_eval_args(p, None)
+    p.add_argument("--batch-size", type=int, help="windows / lm-eval requests per forward pass (--eval-batch-size)")
+    p.add_argument("--output", help="write the results as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print the JSON results instead of the table")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("task-configs", help="write prunekit's zero-shot task configs for the lm_eval command")
+    p.add_argument("--task-data", required=True, help="folder of the local zero-shot JSONL files")
+    p.add_argument("--output", required=True, help="folder to write the YAML files to (lm_eval --include_path)")
+    p.add_argument("--tasks", default=",".join(zeroshot.task_names()))
     return parser
 
 
@@ -168,11 +190,14 @@ def _log(message: str) -> None:
 def cmd_prune(args) -> int:
     config = _method_config(args)
     _check_positive(nsamples=args.nsamples, seqlen=args.seqlen, eval_seqlen=args.eval_seqlen,
-                    max_eval_segments=args.max_eval_segments, batch_size=args.batch_size)
+                    max_eval_segments=args.max_eval_segments, batch_size=args.batch_size,
+                    eval_batch_size=args.eval_batch_size, limit=args.limit)
     device, dtype = _device(args.device), parse_dtype(args.dtype)
-    eval_specs = _eval_specs(args.eval_data)
+    extra_specs, task_names = api.split_tasks(_eval_specs(args.eval_tasks))
+    eval_specs = _eval_specs(args.eval_data) + extra_specs
     _check_data_paths([args.calib_data, *eval_specs])
     check_output_dir(args.output, args.overwrite)
+    tasks = _load_tasks(task_names, args)
     progress = not args.quiet
     torch.manual_seed(args.seed)
 
@@ -186,16 +211,19 @@ def cmd_prune(args) -> int:
         for name, (windows, text) in sets.items():
             _log(f"evaluation data {name}: {text.source} ({windows.shape[0]} windows of {args.eval_seqlen} tokens)")
 
-        ppl, eval_seconds = {}, 0.0
-        if sets and not args.skip_dense_eval:
-            ppl["dense"], eval_seconds = api.evaluate(model, sets, device, args.eval_batch_size, bos, progress)
+        evaluations = {}
+        suite = dict(device=device, batch_size=args.eval_batch_size, bos=bos, limit=args.limit, progress=progress)
+        if (sets or tasks) and not args.skip_dense_eval:
+            evaluations["dense"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
         t0 = time.perf_counter()
         result = api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=progress,
                            checkpoint_dir=args.checkpoint_dir)
         prune_seconds = time.perf_counter() - t0
-        if sets:
-            ppl["pruned"], seconds = api.evaluate(model, sets, device, args.eval_batch_size, bos, progress)
-            eval_seconds += seconds
+        if sets or tasks:
+            evaluations["pruned"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
+        ppl = {column: e["ppl"] for column, e in evaluations.items() if e["ppl"]}
+        eval_seconds = sum(sum(e["seconds"].values()) for e in evaluations.values())
+        table = results_table(evaluations) if evaluations else ""
 
         report = {
             "prunekit_version": __version__,
@@ -207,13 +235,14 @@ def cmd_prune(args) -> int:
             "config": {**dataclasses.asdict(config), "pattern": str(config.pattern)},
             "calibration": {"data": calib_text.source, "nsamples": args.nsamples, "seqlen": args.seqlen,
                             "seed": args.seed, "bos": bos is not None},
-            "evaluation": {"seqlen": args.eval_seqlen, "max_segments": args.max_eval_segments,
-                           "bos_mode": args.eval_bos, "bos": bos is not None,
-                           "data": {name: text.source for name, (_, text) in sets.items()}},
+            "evaluation": _evaluation_settings(args, sets, tasks, bos),
             "ppl": ppl,
+            "zero_shot": {column: e["zero_shot"] for column, e in evaluations.items() if e["zero_shot"]},
+            "zero_shot_mean": {column: e["zero_shot_mean"] for column, e in evaluations.items()
+                               if e["zero_shot_mean"]},
+            "table": table,
             "timings": {**result.timings, "prune_total": prune_seconds, "eval": eval_seconds},
-            "environment": {"device": device, "dtype": str(dtype).removeprefix("torch."),
-                            "torch": torch.__version__, "python": platform.python_version()},
+            "environment": _environment(device, dtype),
             "layers": [dataclasses.asdict(op) for op in result.operators],
         }
         if args.save_format == "compact":
@@ -226,26 +255,38 @@ def cmd_prune(args) -> int:
 
     print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
           f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {prune_seconds:.1f} s")
-    if ppl:
-        columns = list(ppl)
-        print(f"{'perplexity':<14}" + "".join(f"{c:>12}" for c in columns))
-        for name in sets:
-            print(f"{name:<14}" + "".join(f"{ppl[c][name]:>12.3f}" for c in columns))
+    if table:
+        print(table)
     print(f"saved to {args.output} (report: {args.output}/report.json)")
     return 0
 
 
 def cmd_eval(args) -> int:
-    _check_positive(eval_seqlen=args.eval_seqlen, max_eval_segments=args.max_eval_segments)
+    _check_positive(eval_seqlen=args.eval_seqlen, max_eval_segments=args.max_eval_segments,
+                    batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, limit=args.limit)
     device, dtype = _device(args.device), parse_dtype(args.dtype)
-    eval_specs = _eval_specs(args.eval_data)
+    eval_specs, task_names = api.split_tasks(_eval_specs(args.tasks))
+    if args.eval_data is not None:
+        eval_specs = _eval_specs(args.eval_data) + eval_specs
+    elif not args.tasks:
+        eval_specs = ["pydoc"]  # no --tasks, no --eval-data: the offline default
     _check_data_paths(eval_specs)
+    if args.output:
+        check_output_file(args.output)
+    tasks = _load_tasks(task_names, args)
     model, tokenizer = load_model(args.model, dtype, device)
     bos = api.bos_id(model, tokenizer, args.eval_bos)
     sets = api.evaluation_sets(tokenizer, eval_specs, args.eval_seqlen, args.max_eval_segments, bos)
-    ppl, seconds = api.evaluate(model, sets, device, args.eval_batch_size, bos, not args.quiet)
-    print(json.dumps({"model": args.model, "ppl": ppl, "eval_seqlen": args.eval_seqlen,
-                      "bos": bos is not None, "seconds": seconds}, indent=2))
+    batch_size = args.batch_size or args.eval_batch_size
+    results = api.evaluate_suite(model, tokenizer, sets, tasks, device=device, batch_size=batch_size, bos=bos,
+                                 limit=args.limit, progress=not args.quiet)
+    report = {"prunekit_version": __version__, "model": args.model, **results,
+              "evaluation": _evaluation_settings(args, sets, tasks, bos),
+              "environment": _environment(device, dtype), "table": results_table({args.model: results})}
+    text = json.dumps(report, indent=2)
+    if args.output:
+        write_text_atomic(args.output, text)
+    print(text if args.json else report["table"])
     return 0
 
 
@@ -271,6 +312,44 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_task_configs(args) -> int:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    zeroshot.check_tasks(names, args.task_data)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out} exists and is not a folder")
+    written = zeroshot.write_task_configs(args.task_data, out, names)
+    print(f"wrote {len(written)} task configs to {out}; use them with: "
+          f"lm_eval --include_path {out} --tasks {','.join(names)} ...")
+    return 0
+
+
+def _load_tasks(names: list[str], args) -> dict:
+    """lm-eval Tasks for the zero-shot names (data loaded), or {}; fails before the model is loaded."""
+    if not names:
+        return {}
+    if args.task_data is not None and not Path(args.task_data).is_dir():
+        raise UsageError(f"--task-data {args.task_data} is not a folder")
+    return zeroshot.load_tasks(names, args.task_data, progress=not args.quiet)
+
+
+def _evaluation_settings(args, sets: dict, tasks: dict, bos: int | None) -> dict:
+    """What a reader needs to reproduce or compare the numbers: protocol, data, BOS, lm-eval version."""
+    settings = {"seqlen": args.eval_seqlen, "max_segments": args.max_eval_segments,
+                "bos_mode": args.eval_bos, "bos": bos is not None,
+                "data": {name: text.source for name, (_, text) in sets.items()}}
+    if tasks:
+        settings["zero_shot"] = {"tasks": list(tasks), "limit": args.limit, "num_fewshot": 0,
+                                 "task_data": str(Path(args.task_data).resolve()) if args.task_data else "hub",
+                                 "add_bos_token": bos is not None, "lm_eval": zeroshot.lm_eval_version()}
+    return settings
+
+
+def _environment(device: str, dtype) -> dict:
+    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -278,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     try:
         args = build_parser().parse_args(argv)
-        return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+        return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench,
+                "task-configs": cmd_task_configs}[args.command](args)
     except UsageError as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2

@@ -40,3 +40,26 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """A file path whose directory exists and is writable, or a UsageError (checked before any long work)."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename it over `path`: readers never see half a file."""
+    path = check_output_file(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

