@@ -136,15 +136,15 @@ def test_failure_mid_run_leaves_no_output(tiny_model_dir, text_file, tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_eval_prints_a_table_or_json(tiny_model_dir, text_file, capsys):
+def test_eval_prints_json_for_perplexity_and_a_table_for_tasks(tiny_model_dir, text_file, capsys):
     args = ["eval", "--model", tiny_model_dir, "--eval-data", text_file, "--eval-seqlen", 64, "--max-eval-segments", 2,
             "--quiet"]
-    code, stdout, _ = run(args, capsys)
-    assert code == 0 and "| perplexity text |" in stdout
-    code, stdout, _ = run(args + ["--json"], capsys)
+    code, stdout, _ = run(args, capsys)  # issue 2's contract: perplexity only → a JSON object with "ppl"
     report = json.loads(stdout)
     assert code == 0 and report["ppl"]["text"] > 1 and report["evaluation"]["bos_mode"] == "auto"
     assert report["evaluation"]["bos"] is False and report["zero_shot"] == {}
+    code, stdout, _ = run(args + ["--tasks", str(text_file)], capsys)
+    assert code == 0 and "| perplexity text |" in stdout
 
 
 def test_prune_puts_dense_and_pruned_zero_shot_side_by_side(tiny_model_dir, text_file, tmp_path, capsys):

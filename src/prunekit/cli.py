@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p, None)
     p.add_argument("--batch-size", type=int, help="windows / lm-eval requests per forward pass (--eval-batch-size)")
     p.add_argument("--output", help="write the results as JSON to this file")
-    p.add_argument("--json", action="store_true", help="print the JSON results instead of the table")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON results instead of the table (always JSON without --tasks)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("task-configs", help="write prunekit's zero-shot task configs for the lm_eval command")
@@ -286,7 +287,8 @@ def cmd_eval(args) -> int:
     text = json.dumps(report, indent=2)
     if args.output:
         write_text_atomic(args.output, text)
-    print(text if args.json else report["table"])
+    # perplexity only (`--eval-data`, issue 2's contract): a JSON object with "ppl"; with --tasks: the table
+    print(text if args.json or not args.tasks else report["table"])
     return 0
 
 
