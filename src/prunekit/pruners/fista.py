@@ -1,16 +1,24 @@
 """FISTAPruner (Zhao et al., 2024, "A Convex-optimization-based Layer-wise Post-training Pruner for
-Large Language Models"): layer-wise LASSO solved with FISTA, λ found by bisection for the target
-sparsity, intra-layer error correction.
+Large Language Models"): layer-wise LASSO solved with FISTA, λ searched for the target sparsity,
+intra-layer error correction.
 
 For one linear operator with dense weight W (out × in), the dense model's input X and the pruned
 model's input X* (in × tokens), it solves
 
-    min over W*:  ½‖W* X* − W X‖²_F + lam ‖W*‖₁
+    min over W*:  ½‖W* X* − W X‖²_F + lam Σ_ij omega_ij |W*_ij|
 
-in Gram form, G = X* X*ᵀ and C = W X X*ᵀ (both in × in), so that one iteration costs one
-(out × in)·(in × in) product and the token dimension never appears in the loop. The objective is
-separable over rows, so every row is an independent LASSO problem sharing G, C's row and lam.
+in Gram form, G = X* X*ᵀ and C = W X X*ᵀ (both in × in, running means over tokens), so that one
+iteration costs one (out × in)·(in × in) product and the token dimension never appears in the loop.
+The objective is separable over rows: every row is an independent LASSO problem sharing G and lam.
 The engine chooses what X and X* are (`error_correction`, see prunekit.correction).
+
+- omega = 1 is the paper's ‖W*‖₁ (`penalty="l1"`); the default omega_ij = 1/|W_ij| is the adaptive
+  LASSO (Zou, 2006), which shrinks large weights less and so selects a better support: on SmolLM2
+  the plain ‖·‖₁ masks lose to SparseGPT's (BENCHMARKS.md, FISTAPruner section).
+- FISTA runs on V = W*·diag(√G_jj) (same problem, better conditioned; `scaled`).
+- After the λ search: the final mask keeps the largest |W*_ij|·√G_jj (exact count over the matrix,
+  or the N largest of every M for N:M: the paper's hard-thresholding projection), then an optional
+  least-squares refit of the kept weights removes the LASSO shrinkage (`refit_iters`).
 """
 
 from __future__ import annotations
