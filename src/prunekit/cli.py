@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, api
+from . import __version__, api, parallel
 from .data import NAMES
 from .errors import UsageError
 from .export import save_compact
@@ -198,6 +198,10 @@ def cmd_prune(args) -> int:
     eval_specs = _eval_specs(args.eval_data) + extra_specs
     _check_data_paths([args.calib_data, *eval_specs])
     check_output_dir(args.output, args.overwrite)
+    if getattr(config, "parallel_layers", False):
+        device = parallel.init(device)  # under torchrun: join the process group, take this rank's GPU
+        if parallel.rank() > 0:
+            return _prune_share(args, config, device, dtype)
     tasks = _load_tasks(task_names, args)
     progress = not args.quiet
     torch.manual_seed(args.seed)
@@ -259,6 +263,17 @@ def cmd_prune(args) -> int:
     if table:
         print(table)
     print(f"saved to {args.output} (report: {args.output}/report.json)")
+    return 0
+
+
+def _prune_share(args, config, device, dtype) -> int:
+    """A torchrun rank other than 0 under --parallel-layers: prune its share of the layers and hand
+    them over (prunekit.parallel); rank 0 evaluates and saves."""
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(args.model, dtype, device)
+    bos = api.bos_id(model, tokenizer, args.eval_bos)
+    calib, _ = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
+    api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=False)
     return 0
 
 

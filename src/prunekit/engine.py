@@ -33,8 +33,10 @@ class OperatorResult:
     name: str
     shape: tuple[int, int]
     sparsity: float
-    recon_error: float  # ||W X − Ŵ X||² / ||W X||² on the first calibration windows
+    recon_error: float  # ||W X − Ŵ X||² / ||W X||² on the first calibration windows (error-correcting
+    #                     pruners: ||W X − Ŵ X*||² / ||W X||² over all calibration tokens)
     seconds: float
+    extra: dict | None = None  # method-specific log (FISTA: λ, iterations, objective), as the pruner gives it
 
 
 @dataclass
@@ -172,7 +174,14 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
 
     With `checkpoint_dir`, the state after each layer is saved there and a rerun with the same model,
     config and calibration windows resumes after the last finished layer.
+    Configs with an `error_correction` field (FISTAPruner) take the paired dense/pruned loop of
+    prunekit.correction instead.
     """
+    if getattr(config, "error_correction", None) is not None:
+        from .correction import prune_layerwise_corrected
+
+        return prune_layerwise_corrected(model, config, calib_ids, device=device, offload=offload,
+                                         batch_size=batch_size, progress=progress, checkpoint_dir=checkpoint_dir)
     adapter = get_adapter(model)
     result = PruneResult()
     t0 = time.perf_counter()
@@ -216,6 +225,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
                     sparsity=(op.weight.data == 0).float().mean().item(),
                     recon_error=reconstruction_error(W, op.weight.data.float(), X),
                     seconds=seconds,
+                    extra=pruners[g].extra,
                 ))
             pruners[g] = hooks.recon_inputs[g] = None  # free the statistics
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import PruneConfig, Pruner
+from .fista import FistaConfig
 from .magnitude import MagnitudeConfig
 from .sparsegpt import SparseGPTConfig
 from .wanda import WandaConfig
 
 CONFIGS: dict[str, type[PruneConfig]] = {
-    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig)
+    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, FistaConfig)
 }
 
 
@@ -19,4 +20,4 @@ def config_class(method: str) -> type[PruneConfig]:
     return CONFIGS[method]
 
 
-__all__ = ["CONFIGS", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]
+__all__ = ["CONFIGS", "FistaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]

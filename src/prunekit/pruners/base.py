@@ -44,6 +44,9 @@ class PruneConfig:
 class Pruner:
     """Statistics of one operator's inputs, and the rule that prunes its weight from them."""
 
+    #: what the last `prune` call wants logged for its operator in report.json (None: nothing)
+    extra: dict | None = None
+
     def __init__(self, config: PruneConfig, in_features: int, device: torch.device):
         self.config = config
         self.in_features = in_features

@@ -1,0 +1,181 @@
+"""Layer-wise pruning with FISTAPruner's error-correction modes (the pruners that fit W* X* to W X).
+
+Such a pruner needs, for every operator, two inputs of the same tokens: X, the dense model's, and
+X*, the pruned model's. Two copies of each decoder layer run side by side: the dense one (kept
+aside before pruning starts) and the one being pruned, whose groups of operators are pruned in
+execution order. For group g, every batch is run through both copies up to g's first operator;
+their inputs there are X and X*. So X* already carries the pruning of the groups before g.
+
+- `intra` (the paper's default): both copies read the dense model's layer input, so a layer's
+  pruning depends on dense activations only and layers are independent (see prunekit.parallel).
+- `intra+inter`: the pruned copy reads the pruned previous layers' output; the target stays dense.
+- `none`: X* = X, the dense layer's own inputs, for every operator.
+
+Layer inputs: the dense stream is always propagated by the dense copy; the pruned stream (only for
+`intra+inter`) by the pruned layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import parallel
+from .engine import (LayerInputs, OperatorResult, PruneResult, _Checkpoint, _StopForward, capture_inputs,
+                     forward_layer)
+from .errors import UsageError
+from .models.adapters import get_adapter
+
+
+def input_of(layer: nn.Module, op: nn.Module, hidden: torch.Tensor, kwargs: dict, device) -> torch.Tensor:
+    """The input that `op` receives when `layer` runs on `hidden`; the rest of the layer is skipped."""
+    box = []
+
+    def hook(module, args):
+        box.append(args[0])
+        raise _StopForward
+
+    handle = op.register_forward_pre_hook(hook)
+    try:
+        layer(hidden.to(device), **kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return box[0]
+
+
+class _Collect:
+    """Forward pre-hooks on the first operator of each listed group: hand each batch's input to
+    the group's pruner (or keep it in `last` when `pruners` is None); they do not stop the forward."""
+
+    def __init__(self, ops: list[nn.Module], pruners: list | None):
+        self.last = None
+        self.handles = [op.register_forward_pre_hook(self._hook(i, pruners)) for i, op in enumerate(ops)]
+
+    def _hook(self, i, pruners):
+        def hook(module, args):
+            if pruners is None:
+                self.last = args[0]
+            else:
+                pruners[i].add_batch(args[0])
+
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Tensor, pruned_in: torch.Tensor | None,
+                          kwargs: dict, device, batch_size: int, prefix: str) -> tuple[list[OperatorResult], float]:
+    """Prune `layer` in place group by group and advance the dense stream: on return `dense_in` holds
+    the dense layer's outputs (the next layer's dense inputs).
+
+    `pruned_in` is the pruned stream's layer input (intra+inter) or None (both copies read
+    `dense_in`). Returns (operator results, seconds spent in the pruners)."""
+    dense_layer = copy.deepcopy(layer)
+    groups, dense_groups = adapter.linear_groups(layer), adapter.linear_groups(dense_layer)
+    pruners = [config.make_pruner(group[0][1].in_features, device) for group in groups]
+    results, prune_s = [], 0.0
+
+    def prune_group(g):
+        nonlocal prune_s
+        for name, op in groups[g]:
+            t0 = time.perf_counter()
+            W = op.weight.data.float().clone()
+            op.weight.data.copy_(pruners[g].prune(W).to(op.weight.dtype))
+            seconds = time.perf_counter() - t0
+            prune_s += seconds
+            extra = dict(pruners[g].extra or {})
+            results.append(OperatorResult(
+                name=f"{prefix}.{name}", shape=tuple(W.shape), sparsity=(op.weight.data == 0).float().mean().item(),
+                recon_error=extra.get("rel_error", float("nan")), seconds=seconds, extra=extra))
+        pruners[g] = None  # free the statistics
+
+    if config.error_correction == "none":
+        # X* = X for every operator: one dense pass feeds every group and yields the layer's outputs
+        hooks = _Collect([group[0][1] for group in dense_groups], pruners)
+        try:
+            forward_layer(dense_layer, dense_in, kwargs, device, batch_size, out=dense_in)
+        finally:
+            hooks.remove()
+        for g in range(len(groups)):
+            prune_group(g)
+        return results, prune_s
+
+    stream = dense_in if pruned_in is None else pruned_in
+    last = len(groups) - 1
+    for g, group in enumerate(groups):
+        first, dense_first = group[0][1], dense_groups[g][0][1]
+        same = pruned_in is None and g == 0  # nothing upstream differs yet: X* = X
+        for start in range(0, dense_in.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            x_star = None if same else input_of(layer, first, stream[rows], kwargs, device)
+            if g < last:
+                x = input_of(dense_layer, dense_first, dense_in[rows], kwargs, device)
+            else:
+                # the last group's dense inputs come from the full dense pass that also advances the
+                # dense stream (x_star was read from `stream` above, before it is overwritten)
+                hook = _Collect([dense_first], None)
+                try:
+                    forward_layer(dense_layer, dense_in[rows], kwargs, device, batch_size, out=dense_in[rows])
+                finally:
+                    hook.remove()
+                x = hook.last
+            pruners[g].add_batch(x) if same else pruners[g].add_batch(x_star, x)
+        prune_group(g)
+    return results, prune_s
+
+
+@torch.no_grad()
+def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu", offload="cpu",
+                              batch_size: int = 8, progress: bool = True, checkpoint_dir=None) -> PruneResult:
+    """prune_layerwise for configs with `error_correction` (FISTAPruner). With `config.parallel_layers`
+    under torchrun, each rank prunes its share of the layers and all ranks end with the whole model."""
+    adapter = get_adapter(model)
+    result = PruneResult()
+    layers = adapter.layers()
+    inter = config.error_correction == "intra+inter"
+    dist = parallel.Layers.start(config, device, len(layers))
+    if dist.world > 1 and checkpoint_dir:
+        raise UsageError("--checkpoint-dir cannot be combined with --parallel-layers under torchrun")
+
+    t0 = time.perf_counter()
+    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids) if checkpoint_dir else None
+    start_layer, saved = (ckpt.load(layers, result) if ckpt else (0, None))
+    if saved is None:
+        inputs = capture_inputs(adapter, calib_ids, device, offload, batch_size, progress)
+        dense_in, pruned_in = inputs.hidden, (inputs.hidden.clone() if inter else None)
+    else:
+        inputs = LayerInputs(None, capture_inputs(adapter, calib_ids[:1], device, offload, 1, False).kwargs)
+        dense_in, pruned_in = saved
+    result.timings["calibration"] += time.perf_counter() - t0
+
+    last = dist.last_layer()
+    bar = tqdm(range(start_layer, last + 1), desc=f"{config.method} {config.pattern} {config.error_correction}",
+               disable=not progress, initial=start_layer, total=last + 1, unit="layer")
+    for index in bar:
+        kwargs = inputs.kwargs[index]
+        layer = layers[index].to(device)
+        t0 = time.perf_counter()
+        if dist.owns(index):
+            ops, prune_s = prune_layer_corrected(layer, adapter, config, dense_in, pruned_in, kwargs, device,
+                                                          batch_size, adapter.layer_prefix(index))
+            result.operators += ops
+            result.timings["pruning"] += prune_s
+            if inter:  # the pruned layer's outputs are the next layer's pruned-stream inputs
+                forward_layer(layer, pruned_in, kwargs, device, batch_size, out=pruned_in)
+        else:  # another rank prunes this layer; here it only carries the dense stream
+            forward_layer(layer, dense_in, kwargs, device, batch_size, out=dense_in)
+            prune_s = 0.0
+        layers[index] = layer.to(offload)
+        result.timings["calibration"] += time.perf_counter() - t0 - prune_s
+        if ckpt:
+            ckpt.save(index, layers[index], (dense_in, pruned_in), result)
+    dist.gather(layers, adapter, result, device)
+    return result
