@@ -12,6 +12,10 @@ CONFIGS: dict[str, type[PruneConfig]] = {
     cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig)
 }
 
+from ..methods.losa.config import LosaConfig  # noqa: E402  (whole-model method; imports .base above)
+
+CONFIGS[LosaConfig.method] = LosaConfig
+
 
 def config_class(method: str) -> type[PruneConfig]:
     if method not in CONFIGS:
@@ -19,4 +23,4 @@ def config_class(method: str) -> type[PruneConfig]:
     return CONFIGS[method]
 
 
-__all__ = ["CONFIGS", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]
+__all__ = ["CONFIGS", "LosaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]
