@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, random_windows, tiny_llama
-from prunekit import LosaConfig, WandaConfig, get_adapter, prune
-from prunekit.engine import prune_layerwise
+from prunekit import LosaConfig, get_adapter, prune
 from prunekit.methods.losa import LosaLinear
 from prunekit.patterns import max_nonzeros_per_group
 
@@ -72,17 +71,6 @@ def test_two_four_pattern(text_file):
     model, result = run(text_file, pattern="2:4", base_pruner="sparsegpt")
     assert all(max_nonzeros_per_group(op.weight.data, 4) <= 2 for op in decoder_ops(model))
     assert all(s["sparsity"] == 0.5 for s in result.details["stages"])  # N:M cannot be reached gradually
-
-
-def test_engine_takes_per_layer_sparsity():
-    model = tiny_llama(layers=3)
-    rates = [0.2, 0.5, 0.7]
-    prune_layerwise(model, WandaConfig(0.5), random_windows(), progress=False, layer_sparsity=rates)
-    adapter = get_adapter(model)
-    for rate, layer in zip(rates, adapter.layers()):
-        for _, op in adapter.linears(layer):
-            rows, cols = op.weight.shape
-            assert int((op.weight == 0).sum()) == rows * int(cols * rate)
 
 
 @pytest.mark.parametrize("options,message", [
