@@ -60,6 +60,8 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--dense-eval", action="store_true", help="also evaluate the dense model")
     p.add_argument("--out", default="losa_gpu.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --out and run only the missing variants (runs under a time limit)")
     return p.parse_args()
 
 
@@ -144,13 +146,19 @@ def main():
     model, tokenizer = prunekit.load_model(args.model, args.dtype, args.device)
     calib, _ = api.calibration(tokenizer, str(data / "wikitext2" / "wiki.valid.tokens"), args.nsamples, 512, 0)
     sets = api.evaluation_sets(tokenizer, [str(data / "wikitext2" / "wiki.test.raw")], 1024, args.eval_segments)
-    dense_ppl = api.evaluate(model, sets, args.device, 1, None, False)[0]["wiki.test"] if args.dense_eval else None
+    previous = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
+    rows = previous.get("rows", [])
+    dense_ppl = previous.get("dense_ppl")
+    if args.dense_eval and dense_ppl is None:
+        dense_ppl = api.evaluate(model, sets, args.device, 1, None, False)[0]["wiki.test"]
     del model
-    rows = []
+    done = {(r["pattern"], r["variant"]) for r in rows}
     for pattern in args.patterns.split(","):
         for variant in args.variants.split(","):
             if variant == "losa-no-rmi" and pattern != "unstructured":
                 continue  # RMI rates apply to unstructured sparsity only: identical to losa
+            if (pattern, variant) in done:
+                continue
             rows.append(run_variant(variant, pattern, args, calib, sets))
             Path(args.out).write_text(json.dumps({"args": vars(args), "dense_ppl": dense_ppl, "rows": rows,
                                                   "environment": environment(args.device)}, indent=2))
