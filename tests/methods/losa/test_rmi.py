@@ -54,3 +54,13 @@ def test_redundant_layers_are_less_important():
     other = torch.randn(300, 16, generator=g)
     importance = layer_importance(similarity_matrix([base, twin, other]))
     assert importance[2] > importance[0] and importance[2] > importance[1]
+
+
+def test_a_layer_never_gets_less_sparse_than_it_is():
+    """Pruned weights cannot come back: the current sparsity is a floor, the others make up the mean."""
+    sizes = [1000] * 4
+    importance = np.array([1.0, 0.9, 0.8, 0.7])  # layer 0 most important: would get the lowest rate
+    current = [0.69, 0.0, 0.0, 0.0]  # but it is already 69% sparse
+    rates = rmi_sparsity(importance, sizes, 0.7, 0.03, current)
+    assert rates[0] >= 0.69 and abs(sum(rates) * 1000 - 0.7 * 4000) <= 4
+    assert all(0.67 - 1e-9 <= r <= 0.73 + 1e-9 for r in rates)

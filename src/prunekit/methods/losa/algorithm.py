@@ -123,7 +123,9 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         if config.rmi and unstructured:
             S = similarity_matrix(features, config.rmi_kernel)
             importance = layer_importance(S)
-            rates = rmi_sparsity(importance, sizes, target, config.delta(target))
+            current = [sum(int((op.weight == 0).sum()) for _, op in adapter.linears(layer)) / size
+                       for layer, size in zip(layers, sizes)]
+            rates = rmi_sparsity(importance, sizes, target, config.delta(target), current)
             stage["importance"] = importance.tolist()
         del features
         stage["seconds_rmi"] = time.perf_counter() - t0

@@ -81,35 +81,42 @@ def layer_importance(S: torch.Tensor, beta: float = 1.0) -> np.ndarray:
     return np.exp(-beta * s / s.sum())
 
 
-def rmi_sparsity(importance: np.ndarray, sizes: list[int], target: float, delta: float) -> list[float]:
+def rmi_sparsity(importance: np.ndarray, sizes: list[int], target: float, delta: float,
+                 current: list[float] | None = None) -> list[float]:
     """Per-layer sparsity solving the corrected Eq. 5 with SLSQP, then rounded to whole weights so that
-    Σ_l n_l x_l equals round(s · Σ n_l) exactly (each rate moves by less than one weight of its layer)."""
+    Σ_l n_l x_l equals round(s · Σ n_l) (each rate moves by less than one weight of its layer).
+
+    `current`: each layer's sparsity now. A pruned weight never comes back (the masked update keeps it
+    0), so a layer's rate cannot go below it: it raises that layer's lower bound, and the others
+    absorb the difference, keeping the model-wide average at the target."""
     from scipy.optimize import minimize
 
     sizes_arr = np.asarray(sizes, dtype=np.float64)
     weight = sizes_arr / sizes_arr.sum()
-    lo, hi = max(0.0, target - delta), min(target + delta, 0.999)
-    res = minimize(lambda x: float(importance @ x), x0=np.full(len(sizes), target), jac=lambda x: importance,
-                   method="SLSQP", bounds=[(lo, hi)] * len(sizes),
+    lo = np.full(len(sizes), max(0.0, target - delta))
+    hi = np.full(len(sizes), min(target + delta, 0.999))
+    if current is not None:
+        lo = np.minimum(np.maximum(lo, np.asarray(current, dtype=np.float64)), hi)
+    x0 = np.clip(np.full(len(sizes), target), lo, hi)
+    res = minimize(lambda x: float(importance @ x), x0=x0, jac=lambda x: importance,
+                   method="SLSQP", bounds=list(zip(lo, hi)),
                    constraints=({"type": "eq", "fun": lambda x: float(weight @ x) - target,
                                  "jac": lambda x: weight},))
-    x = np.clip(res.x if res.success else np.full(len(sizes), target), lo, hi)
+    x = np.clip(res.x if res.success else x0, lo, hi)
     return _to_whole_weights(x, sizes_arr, target, lo, hi)
 
 
-def _to_whole_weights(x: np.ndarray, sizes: np.ndarray, target: float, lo: float, hi: float) -> list[float]:
-    """Round x_l n_l to integers whose sum is round(target · Σ n_l), largest remainders first."""
+def _to_whole_weights(x: np.ndarray, sizes: np.ndarray, target: float, lo: np.ndarray, hi: np.ndarray) -> list[float]:
+    """Round x_l n_l to integers whose sum is round(target · Σ n_l), largest remainders first, in bounds."""
     exact = x * sizes
-    counts = np.floor(exact)
+    counts = np.clip(np.floor(exact), np.ceil(lo * sizes), np.floor(hi * sizes))
     want = round(target * sizes.sum())
     order = np.argsort(-(exact - counts))  # largest fractional part first
-    i = 0
-    while counts.sum() < want and i < 2 * len(order):
-        j = order[i % len(order)]
-        if counts[j] + 1 <= math.floor(hi * sizes[j]):
-            counts[j] += 1
-        i += 1
-    while counts.sum() > want:  # only reachable when x violated the mean; take from the largest
-        j = int(np.argmax(counts / sizes - lo))
-        counts[j] -= 1
+    for _ in range(2):
+        for j in order:
+            if counts.sum() < want and counts[j] + 1 <= math.floor(hi[j] * sizes[j]):
+                counts[j] += 1
+    for j in order[::-1]:  # only when x broke the mean: take from the smallest remainders
+        if counts.sum() > want and counts[j] - 1 >= math.ceil(lo[j] * sizes[j]):
+            counts[j] -= 1
     return (counts / sizes).tolist()
