@@ -96,3 +96,35 @@ def test_bfloat16_model_prunes_with_fp32_statistics():
     assert all(op.weight.dtype == torch.bfloat16 for op in pruned_ops(model))
     assert all(max_nonzeros_per_group(op.weight.data, 4) <= 2 for op in pruned_ops(model))
     assert all(op.recon_error < 1 for op in result.operators)
+
+
+def test_engine_takes_per_layer_sparsity():
+    model = tiny_llama(layers=3)
+    rates = [0.2, 0.5, 0.7]
+    prune_layerwise(model, WandaConfig(0.5), random_windows(), progress=False, layer_sparsity=rates)
+    adapter = get_adapter(model)
+    for rate, layer in zip(rates, adapter.layers()):
+        for _, op in adapter.linears(layer):
+            rows, cols = op.weight.shape
+            assert int((op.weight == 0).sum()) == rows * int(cols * rate)
+
+
+def test_per_layer_sparsity_is_unstructured_only_and_one_per_layer():
+    with pytest.raises(ValueError, match="unstructured"):
+        prune_layerwise(tiny_llama(), WandaConfig(pattern="2:4"), random_windows(), progress=False,
+                        layer_sparsity=[0.5, 0.5])
+    with pytest.raises(ValueError, match="2 decoder layers"):
+        prune_layerwise(tiny_llama(), WandaConfig(0.5), random_windows(), progress=False, layer_sparsity=[0.5])
+
+
+def test_on_layer_done_sees_each_pruned_layers_outputs():
+    model = tiny_llama(layers=3)
+    calib = random_windows(n=3)
+    seen = {}
+    prune_layerwise(model, WandaConfig(0.5), calib, progress=False,
+                    on_layer_done=lambda i, hidden: seen.__setitem__(i, hidden.clone()))
+    assert sorted(seen) == [0, 1, 2]
+    with torch.no_grad():
+        expected = model(input_ids=calib, output_hidden_states=True).hidden_states
+    for i in range(2):  # the last hidden state of HF has the final norm applied
+        assert torch.allclose(seen[i], expected[i + 1], atol=1e-5)

@@ -6,14 +6,14 @@
 
 __version__ = "0.1.0"
 
-from .api import bos_id, calibration, evaluate, evaluation_sets, prune  # noqa: E402
+from .api import bos_id, calibration, evaluate, evaluation_sets, finetune, prune  # noqa: E402
 from .engine import PruneResult  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .models import get_adapter, load_model  # noqa: E402
 from .patterns import Pattern  # noqa: E402
-from .pruners import FistaConfig, MagnitudeConfig, PruneConfig, SparseGPTConfig, WandaConfig  # noqa: E402
+from .pruners import FistaConfig, LosaConfig, MagnitudeConfig, PruneConfig, SparseGPTConfig, WandaConfig  # noqa: E402
 
 __all__ = [
-    "FistaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "SparseGPTConfig", "UsageError", "WandaConfig",
-    "bos_id", "calibration", "evaluate", "evaluation_sets", "get_adapter", "load_model", "prune",
+    "FistaConfig", "LosaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "SparseGPTConfig", "UsageError",
+    "WandaConfig", "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune", "get_adapter", "load_model", "prune",
 ]

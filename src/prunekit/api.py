@@ -20,11 +20,20 @@ BOS_MODES = ("auto", "always", "never")
 
 
 def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batch_size: int = 8,
-          progress: bool = True, checkpoint_dir=None) -> PruneResult:
+          progress: bool = True, checkpoint_dir=None, tokenizer=None) -> PruneResult:
     """Prune `model` in place: `config` says how (e.g. WandaConfig(sparsity=0.5, pattern="2:4")),
-    `calib` holds the calibration windows as token ids [nsamples, seqlen]."""
+    `calib` holds the calibration windows as token ids [nsamples, seqlen]. Methods that fine-tune
+    (LosaConfig) also need the `tokenizer` for their training text."""
     return config.apply(model, calib, device=device, batch_size=batch_size, progress=progress,
-                        checkpoint_dir=checkpoint_dir)
+                        checkpoint_dir=checkpoint_dir, tokenizer=tokenizer)
+
+
+def finetune(model, config, tokenizer, *, device="cpu", progress: bool = True):
+    """Fine-tune an already pruned model in place with LoSA's mask-aligned LoRA (a LosaConfig gives the
+    rank, α, learning rate, data and token budget) and merge it: the model keeps exactly its zeros."""
+    from .methods.losa.algorithm import finetune_pruned
+
+    return finetune_pruned(model, config, tokenizer, device=device, progress=progress)
 
 
 def bos_id(model, tokenizer, mode: str = "auto") -> int | None:

@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
+    p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
+    _add_model_args(p)
+    _add_eval_args(p, "pydoc")
+    p.add_argument("--output", required=True, help="directory to write (must not exist, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_fields(p, CONFIGS["losa"], FINETUNE_FIELDS)
+
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model; prints a table")
     _add_model_args(p)
     p.add_argument("--tasks", default="",
@@ -138,6 +146,19 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             group.add_argument(_flag(f), dest=name, type=kind, help=help_text)
+
+
+FINETUNE_FIELDS = ("rank", "alpha", "adapter", "train_data", "train_tokens", "train_seqlen", "train_batch_size",
+                   "lr", "train_seed")
+
+
+def _add_config_fields(p: argparse.ArgumentParser, cls, names) -> None:
+    """Options for some fields of one config dataclass (`prunekit finetune` takes LoSA's training fields)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f = fields[name]
+        kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+        p.add_argument(_flag(f), dest=name, type=kind, help=f"{f.metadata.get('help', '')} (default {f.default})")
 
 
 def _method_config(args):
@@ -190,6 +211,8 @@ def _log(message: str) -> None:
 
 def cmd_prune(args) -> int:
     config = _method_config(args)
+    if args.checkpoint_dir and not getattr(config, "supports_checkpoint", True):
+        raise UsageError(f"--checkpoint-dir is not supported by --method {config.method}")
     _check_positive(nsamples=args.nsamples, seqlen=args.seqlen, eval_seqlen=args.eval_seqlen,
                     max_eval_segments=args.max_eval_segments, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size, limit=args.limit)
@@ -222,7 +245,7 @@ def cmd_prune(args) -> int:
             evaluations["dense"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
         t0 = time.perf_counter()
         result = api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=progress,
-                           checkpoint_dir=args.checkpoint_dir)
+                           checkpoint_dir=args.checkpoint_dir, tokenizer=tokenizer)
         prune_seconds = time.perf_counter() - t0
         if sets or tasks:
             evaluations["pruned"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
@@ -250,6 +273,10 @@ def cmd_prune(args) -> int:
             "environment": _environment(device, dtype),
             "layers": [dataclasses.asdict(op) for op in result.operators],
         }
+        if getattr(result, "details", None):
+            report["details"] = result.details
+        if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
+            report["saved_extra"] = extra
         if args.save_format == "compact":
             report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
         else:
@@ -274,6 +301,64 @@ def _prune_share(args, config, device, dtype) -> int:
     bos = api.bos_id(model, tokenizer, args.eval_bos)
     calib, _ = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
     api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=False)
+    return 0
+
+
+def _decoder_sparsity(model) -> float:
+    adapter = get_adapter(model)
+    ops = [op for layer in adapter.layers() for _, op in adapter.linears(layer)]
+    weights = [op.base.weight if hasattr(op, "base") else op.weight for op in ops]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def cmd_finetune(args) -> int:
+    cls = CONFIGS["losa"]
+    options = {name: getattr(args, name) for name in FINETUNE_FIELDS if getattr(args, name) is not None}
+    try:
+        config = cls(sparsity=0.0, stages=1, rmi=False, rank_allocation=False, **options)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    _check_positive(eval_seqlen=args.eval_seqlen, max_eval_segments=args.max_eval_segments)
+    device, dtype = _device(args.device), parse_dtype(args.dtype)
+    eval_specs = _eval_specs(args.eval_data)
+    _check_data_paths(eval_specs)
+    check_output_dir(args.output, args.overwrite)
+    progress = not args.quiet
+
+    with atomic_output_dir(args.output, args.overwrite) as tmp:
+        model, tokenizer = load_model(args.model, dtype, device)
+        get_adapter(model)
+        bos = api.bos_id(model, tokenizer, args.eval_bos)
+        sets = api.evaluation_sets(tokenizer, eval_specs, args.eval_seqlen, args.max_eval_segments, bos)
+        ppl, eval_seconds = {}, 0.0
+        if sets:
+            ppl["before"], eval_seconds = api.evaluate(model, sets, device, args.eval_batch_size, bos, progress)
+        sparsity_before = _decoder_sparsity(model)
+        t0 = time.perf_counter()
+        result = api.finetune(model, config, tokenizer, device=device, progress=progress)
+        seconds = time.perf_counter() - t0
+        sparsity_after = _decoder_sparsity(model)
+        if sets:
+            ppl["after"], more = api.evaluate(model, sets, device, args.eval_batch_size, bos, progress)
+            eval_seconds += more
+        report = {
+            "prunekit_version": __version__, "model": args.model, "adapter": config.adapter,
+            "config": {name: getattr(config, name) for name in FINETUNE_FIELDS},
+            "sparsity_before": sparsity_before, "sparsity_after": sparsity_after, "ppl": ppl,
+            "timings": {"finetune": seconds, "eval": eval_seconds}, "details": result.details,
+            "environment": _environment(device, dtype),
+        }
+        if extra := result.before_save(model, tmp):
+            report["saved_extra"] = extra
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+
+    print(f"fine-tuned {args.model} ({config.adapter} LoRA, rank {config.rank}, {result.details['train']['tokens']} "
+          f"tokens in {seconds:.1f} s): decoder sparsity {sparsity_before:.4f} -> {sparsity_after:.4f}")
+    for name in sets:
+        print(f"perplexity {name}: {ppl['before'][name]:.3f} -> {ppl['after'][name]:.3f}")
+    print(f"saved to {args.output} (report: {args.output}/report.json)")
     return 0
 
 
@@ -375,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench,
-                "task-configs": cmd_task_configs}[args.command](args)
+                "task-configs": cmd_task_configs, "finetune": cmd_finetune}[args.command](args)
     except UsageError as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2

@@ -12,9 +12,11 @@ accelerator's memory is pruned one layer at a time with the rest offloaded to CP
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .errors import UsageError
 from .models.adapters import Adapter, get_adapter
 from .pruners.base import PruneConfig
 
@@ -169,24 +172,37 @@ def reconstruction_error(W: torch.Tensor, W_pruned: torch.Tensor, X: torch.Tenso
 @torch.no_grad()
 def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tensor, *, device="cpu",
                     offload="cpu", batch_size: int = 8, recon_windows: int = 8, progress: bool = True,
-                    checkpoint_dir: str | os.PathLike | None = None) -> PruneResult:
+                    checkpoint_dir: str | os.PathLike | None = None,
+                    layer_sparsity: Sequence[float] | None = None,
+                    on_layer_done: Callable[[int, torch.Tensor], None] | None = None) -> PruneResult:
     """Prune every linear operator of every decoder layer of `model` with `config`'s pruner, layer by layer.
 
     With `checkpoint_dir`, the state after each layer is saved there and a rerun with the same model,
     config and calibration windows resumes after the last finished layer.
+    `layer_sparsity` (unstructured only) gives each decoder layer its own target instead of
+    `config.sparsity` (non-uniform allocations: LoSA's RMI rates, OWL, ...).
+    `on_layer_done(index, hidden)` sees the outputs of each pruned layer on the calibration windows
+    (hidden [windows, seqlen, dim], the next layer's inputs; read it, don't keep a reference).
     Configs with an `error_correction` field (FISTAPruner) take the paired dense/pruned loop of
     prunekit.correction instead.
     """
     if getattr(config, "error_correction", None) is not None:
         from .correction import prune_layerwise_corrected
 
+        if layer_sparsity is not None or on_layer_done is not None:
+            raise UsageError(f"{config.method} takes one sparsity for all layers (no per-layer rates yet)")
         return prune_layerwise_corrected(model, config, calib_ids, device=device, offload=offload,
                                          batch_size=batch_size, progress=progress, checkpoint_dir=checkpoint_dir)
     adapter = get_adapter(model)
     result = PruneResult()
     t0 = time.perf_counter()
     layers = adapter.layers()
-    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids) if checkpoint_dir else None
+    if layer_sparsity is not None:
+        if config.pattern.is_nm:
+            raise UsageError(f"per-layer sparsity needs the unstructured pattern, not {config.pattern}")
+        if len(layer_sparsity) != len(layers):
+            raise UsageError(f"layer_sparsity has {len(layer_sparsity)} entries for {len(layers)} decoder layers")
+    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids, layer_sparsity) if checkpoint_dir else None
     start_layer, inputs = (ckpt.load(layers, result) if ckpt else (0, None))
     if inputs is None:
         inputs = capture_inputs(adapter, calib_ids, device, offload, batch_size, progress)
@@ -200,7 +216,8 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
         layer = layers[index].to(device)
         kwargs = inputs.kwargs[index]
         groups = adapter.linear_groups(layer)
-        pruners = [config.make_pruner(group[0][1].in_features, device) for group in groups]
+        layer_config = config if layer_sparsity is None else dataclasses.replace(config, sparsity=layer_sparsity[index])
+        pruners = [layer_config.make_pruner(group[0][1].in_features, device) for group in groups]
 
         t0 = time.perf_counter()
         hooks = _StatisticsHooks(groups, pruners, recon_windows)
@@ -233,6 +250,8 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
         forward_layer(layer, inputs.hidden, kwargs, device, batch_size, out=inputs.hidden)
         layers[index] = layer.to(offload)
         result.timings["calibration"] += time.perf_counter() - t0
+        if on_layer_done is not None:
+            on_layer_done(index, inputs.hidden)
         if ckpt:
             ckpt.save(index, layers[index], inputs.hidden, result)
     return result
@@ -242,10 +261,11 @@ class _Checkpoint:
     """Resumable runs: after layer i, `layer_i.pt` holds its pruned state and `progress.pt` the next
     layer's inputs and the results so far. A fingerprint of config and calibration guards reuse."""
 
-    def __init__(self, directory, config: PruneConfig, calib_ids: torch.Tensor):
+    def __init__(self, directory, config: PruneConfig, calib_ids: torch.Tensor, layer_sparsity=None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(repr(config).encode() + calib_ids.numpy().tobytes()).hexdigest()
+        key = repr(config) + ("" if layer_sparsity is None else repr(list(layer_sparsity)))
+        digest = hashlib.sha256(key.encode() + calib_ids.numpy().tobytes()).hexdigest()
         self.fingerprint = digest[:16]
 
     def load(self, layers: nn.ModuleList, result: PruneResult):

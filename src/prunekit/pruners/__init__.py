@@ -13,6 +13,10 @@ CONFIGS: dict[str, type[PruneConfig]] = {
     cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, FistaConfig)
 }
 
+from ..methods.losa.config import LosaConfig  # noqa: E402  (whole-model method; imports .base above)
+
+CONFIGS[LosaConfig.method] = LosaConfig
+
 
 def config_class(method: str) -> type[PruneConfig]:
     if method not in CONFIGS:
@@ -20,4 +24,5 @@ def config_class(method: str) -> type[PruneConfig]:
     return CONFIGS[method]
 
 
-__all__ = ["CONFIGS", "FistaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]
+__all__ = ["CONFIGS", "FistaConfig", "LosaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig",
+           "config_class"]

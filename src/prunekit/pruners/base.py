@@ -38,6 +38,7 @@ class PruneConfig:
         layer-wise engine; whole-model methods (rotations, fine-tuning) override this."""
         from ..engine import prune_layerwise
 
+        engine_options.pop("tokenizer", None)  # only methods that fine-tune need it
         return prune_layerwise(model, self, calib, **engine_options)
 
 

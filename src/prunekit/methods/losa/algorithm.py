@@ -1,0 +1,226 @@
+"""LoSA's progressive loop (Algorithm 1 of the paper), on top of the layer-wise engine.
+
+For each stage t = 1..T, with the model's current (merged) weights:
+  1. RMI: each decoder layer's output on a fixed set of calibration tokens → layer sparsity rates
+     around s_t (cubic schedule) that keep the model-wide average at s_t;
+  2. prune the merged weights with the base pruner at those per-layer rates (prunekit.engine);
+  3. ranks: each layer's reconstruction error against the dense model → Eq. 7 ranks around the stage's
+     average rank (Eq. 9);
+  4. attach the mask-aligned LoRA (ΔW = s (BA) ⊙ M) and fine-tune it on the stage's share of the data;
+  5. merge it: the weights keep exactly the stage's mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+
+import torch
+
+from ...engine import OperatorResult, PruneResult, capture_inputs, forward_layer, prune_layerwise
+from ...errors import UsageError
+from ...models.adapters import get_adapter
+from .config import LosaConfig
+from .data import load_documents, training_windows
+from .model import LosaAdapters
+from .ranks import allocate_ranks, reconstruction_error
+from .rmi import layer_importance, rmi_sparsity, similarity_matrix
+from .schedule import cubic_sparsity, stage_mean_rank
+from .train import finetune
+
+
+@dataclasses.dataclass
+class LosaResult(PruneResult):
+    """PruneResult plus what each stage did (`details`), and, for an unmerged dense adapter, the factors."""
+
+    details: dict = dataclasses.field(default_factory=dict)
+    adapters: LosaAdapters | None = None
+
+    def before_save(self, model, directory) -> dict | None:
+        """An unmerged (dense) adapter cannot go into the sparse weights: unwrap the model so the sparse
+        base saves as a plain model, and write the factors beside it."""
+        if self.adapters is None or not self.adapters.attached:
+            return None
+        from safetensors.torch import save_file
+
+        self.adapters.detach(merge=False)
+        save_file(self.adapters.state_dict(), str(directory / "lora_adapters.safetensors"))
+        return {"lora_adapters": "lora_adapters.safetensors", "scaling": self.adapters.scaling,
+                "note": "dense LoRA left unmerged: the saved model is the sparse base; ppl was measured with "
+                        "W x + scaling * B A x"}
+
+
+def feature_positions(calib: torch.Tensor, windows: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window index, token index) of `tokens` distinct positions drawn from the first `windows` windows."""
+    windows = min(windows, calib.shape[0])
+    total = windows * calib.shape[1]
+    flat = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:min(tokens, total)].sort().values
+    return flat // calib.shape[1], flat % calib.shape[1]
+
+
+@torch.no_grad()
+def layer_features(model, calib: torch.Tensor, positions, device, batch_size: int) -> list[torch.Tensor]:
+    """Each decoder layer's output at `positions` [n, dim] (fp32, CPU), one layer on the device at a time."""
+    adapter = get_adapter(model)
+    windows = int(positions[0].max()) + 1
+    inputs = capture_inputs(adapter, calib[:windows], device, "cpu", batch_size, progress=False)
+    features = []
+    for index, layer in enumerate(adapter.layers()):
+        layer.to(device)
+        forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size, out=inputs.hidden)
+        layer.to("cpu")
+        features.append(inputs.hidden[positions].float().clone())
+    return features
+
+
+def _peak_memory_mb(device) -> float:
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB (process peak RSS)
+
+
+def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="cpu", batch_size: int = 8,
+         progress: bool = True, checkpoint_dir=None) -> LosaResult:
+    """Run LoSA on `model` in place (see the module docstring); returns the final operators and per-stage details."""
+    if checkpoint_dir is not None:
+        raise UsageError("--checkpoint-dir is not supported by --method losa")
+    if tokenizer is None:
+        raise UsageError("LoSA fine-tunes the model: pass the tokenizer (prunekit.prune(..., tokenizer=tok))")
+    adapter = get_adapter(model)
+    layers = adapter.layers()
+    L, T = len(layers), config.stages
+    sizes = [sum(op.weight.numel() for _, op in adapter.linears(layer)) for layer in layers]
+    unstructured = not config.pattern.is_nm
+
+    documents, source = load_documents(config.train_data)
+    per_stage = -(-config.train_tokens // (config.train_seqlen * T))  # windows per stage
+    bos = tokenizer.bos_token_id if adapter.needs_bos else None
+    torch.manual_seed(config.train_seed)  # LoRA initialisation
+    windows, available = training_windows(tokenizer, documents, config.train_seqlen, per_stage * T,
+                                          config.train_seed, bos)
+    positions = feature_positions(calib, config.feature_windows, config.rmi_tokens, config.train_seed)
+    adapters = LosaAdapters(model, scaling=config.alpha / config.rank, masked=config.adapter == "masked")
+    result = LosaResult(timings={"calibration": 0.0, "pruning": 0.0, "rmi": 0.0, "training": 0.0})
+    result.details = {"train_data": source, "train_windows_available": available, "train_windows": len(windows),
+                      "train_seqlen": config.train_seqlen, "stages": []}
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+    dense = None
+    last = None
+    for t in range(1, T + 1):
+        stage: dict = {"stage": t}
+        target = cubic_sparsity(t, T, config.sparsity) if unstructured else config.sparsity
+        stage["sparsity"] = target
+
+        # 1. RMI rates (and, at stage 1, the dense reference for the reconstruction errors)
+        t0 = time.perf_counter()
+        features = layer_features(model, calib, positions, device, batch_size)
+        if dense is None:
+            dense = features
+        rates = None
+        if config.rmi and unstructured:
+            S = similarity_matrix(features, config.rmi_kernel)
+            importance = layer_importance(S)
+            current = [sum(int((op.weight == 0).sum()) for _, op in adapter.linears(layer)) / size
+                       for layer, size in zip(layers, sizes)]
+            rates = rmi_sparsity(importance, sizes, target, config.delta(target), current)
+            stage["importance"] = importance.tolist()
+        del features
+        stage["seconds_rmi"] = time.perf_counter() - t0
+        result.timings["rmi"] += stage["seconds_rmi"]
+
+        # 2. prune the merged weights; keep each pruned layer's output at the feature positions
+        sparse: list = [None] * L
+
+        def keep(index, hidden):
+            sparse[index] = hidden[positions].float().clone()
+
+        t0 = time.perf_counter()
+        last = prune_layerwise(model, config.base_config(target), calib, device=device, batch_size=batch_size,
+                               progress=progress, layer_sparsity=rates, on_layer_done=keep)
+        stage["seconds_prune"] = time.perf_counter() - t0
+        for key in ("calibration", "pruning"):
+            result.timings[key] += last.timings[key]
+        stage["layer_sparsity"] = rates if rates is not None else [target] * L
+
+        # 3. ranks from the reconstruction errors (Eq. 7) around the stage's average rank (Eq. 9)
+        errors = [reconstruction_error(d, s) for d, s in zip(dense, sparse)]
+        if config.rank_allocation:
+            ranks = allocate_ranks(errors, stage_mean_rank(t, T, config.rank), config.min_rank, config.max_rank)
+        else:
+            ranks = [config.rank] * L
+        stage["recon_error"], stage["ranks"] = errors, ranks
+
+        # 4. fine-tune the (masked) LoRA on this stage's windows, 5. merge
+        model.to(device)
+        adapters.attach(ranks)
+        chunk = windows[(t - 1) * per_stage: t * per_stage]
+        stage["train"] = finetune(model, adapters.parameters(), chunk, lr=config.lr,
+                                  batch_size=config.train_batch_size, device=device, progress=progress,
+                                  desc=f"LoSA stage {t}/{T} fine-tuning")
+        result.timings["training"] += stage["train"]["seconds"]
+        if config.adapter == "masked":
+            stage["mask_check"] = adapters.detach(merge=True)
+            if stage["mask_check"]["nonzero_outside_mask"]:
+                raise RuntimeError(f"LoSA stage {t}: the merge wrote outside the mask ({stage['mask_check']})")
+        stage["peak_memory_mb"] = _peak_memory_mb(device)
+        result.details["stages"].append(stage)
+
+    result.operators = _final_operators(model, adapter, last)
+    if config.adapter == "dense":
+        result.adapters = adapters
+    else:
+        result.details["mask_check"] = stage["mask_check"]
+    result.details["peak_memory_mb"] = _peak_memory_mb(device)
+    return result
+
+
+def _final_operators(model, adapter, last: PruneResult) -> list[OperatorResult]:
+    """The last pruning's operator records, with the sparsity re-read from the final weights."""
+    ops = []
+    records = iter(last.operators)
+    for index, layer in enumerate(adapter.layers()):
+        for name, op in adapter.linears(layer):
+            record = next(records)
+            weight = op.base.weight if hasattr(op, "base") else op.weight
+            ops.append(dataclasses.replace(record, sparsity=(weight == 0).float().mean().item()))
+    return ops
+
+
+
+def finetune_pruned(model, config: LosaConfig, tokenizer, *, device="cpu", progress: bool = True) -> LosaResult:
+    """`prunekit finetune`: fine-tune an already pruned model with the mask-aligned LoRA (masks = its
+    current zeros, every layer at rank r̄, the whole token budget in one stage) and merge it; with
+    `adapter="dense"`, plain LoRA left unmerged. No dense model is at hand, so no RMI or rank allocation."""
+    adapter = get_adapter(model)
+    layers = adapter.layers()
+    documents, source = load_documents(config.train_data)
+    count = -(-config.train_tokens // config.train_seqlen)
+    bos = tokenizer.bos_token_id if adapter.needs_bos else None
+    torch.manual_seed(config.train_seed)
+    windows, available = training_windows(tokenizer, documents, config.train_seqlen, count, config.train_seed, bos)
+    adapters = LosaAdapters(model, scaling=config.alpha / config.rank, masked=config.adapter == "masked")
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    model.to(device)
+    adapters.attach([config.rank] * len(layers))
+    train = finetune(model, adapters.parameters(), windows, lr=config.lr, batch_size=config.train_batch_size,
+                     device=device, progress=progress)
+    result = LosaResult(timings={"training": train["seconds"]})
+    result.details = {"train_data": source, "train_windows_available": available, "train_windows": len(windows),
+                      "train_seqlen": config.train_seqlen, "train": train}
+    if config.adapter == "masked":
+        result.details["mask_check"] = adapters.detach(merge=True)
+        if result.details["mask_check"]["nonzero_outside_mask"]:
+            raise RuntimeError(f"the merge wrote outside the mask ({result.details['mask_check']})")
+    else:
+        result.adapters = adapters
+    for index, layer in enumerate(layers):
+        for name, op in adapter.linears(layer):
+            W = op.base.weight if hasattr(op, "base") else op.weight
+            result.operators.append(OperatorResult(f"{adapter.layer_prefix(index)}.{name}", tuple(W.shape),
+                                                   (W == 0).float().mean().item(), float("nan"), 0.0))
+    result.details["peak_memory_mb"] = _peak_memory_mb(device)
+    return result
