@@ -8,6 +8,7 @@ from typing import ClassVar
 from ...pruners.base import PruneConfig
 
 ADAPTERS = ("masked", "dense")
+BASE_PRUNERS = ("wanda", "sparsegpt", "magnitude")
 
 
 @dataclass
@@ -50,10 +51,9 @@ class LosaConfig(PruneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from ...pruners import CONFIGS
         from .data import check_spec
 
-        bases = [m for m in CONFIGS if m != self.method]
+        bases = BASE_PRUNERS  # pruners that take per-layer sparsity (the RMI rates)
         if self.base_pruner not in bases:
             raise ValueError(f"--base-pruner {self.base_pruner!r}: choose one of {', '.join(bases)}")
         for name in ("stages", "rank", "min_rank", "max_rank", "rmi_tokens", "feature_windows", "train_tokens",
