@@ -11,9 +11,9 @@ from .engine import PruneResult  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .models import get_adapter, load_model  # noqa: E402
 from .patterns import Pattern  # noqa: E402
-from .pruners import MagnitudeConfig, PruneConfig, SparseGPTConfig, WandaConfig  # noqa: E402
+from .pruners import MagnitudeConfig, PruneConfig, RotPrunerConfig, SparseGPTConfig, WandaConfig  # noqa: E402
 
 __all__ = [
-    "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "SparseGPTConfig", "UsageError", "WandaConfig",
+    "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "RotPrunerConfig", "SparseGPTConfig", "UsageError", "WandaConfig",
     "bos_id", "calibration", "evaluate", "evaluation_sets", "get_adapter", "load_model", "prune",
 ]

@@ -216,6 +216,8 @@ def cmd_prune(args) -> int:
                             "torch": torch.__version__, "python": platform.python_version()},
             "layers": [dataclasses.asdict(op) for op in result.operators],
         }
+        if result.details:
+            report["details"] = result.details
         if args.save_format == "compact":
             report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
         else:

@@ -7,9 +7,10 @@ from .base import PruneConfig, Pruner
 from .magnitude import MagnitudeConfig
 from .sparsegpt import SparseGPTConfig
 from .wanda import WandaConfig
+from ..methods.rotpruner.config import RotPrunerConfig  # noqa: E402  (whole-model methods build on the pruners)
 
 CONFIGS: dict[str, type[PruneConfig]] = {
-    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig)
+    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, RotPrunerConfig)
 }
 
 
@@ -19,4 +20,4 @@ def config_class(method: str) -> type[PruneConfig]:
     return CONFIGS[method]
 
 
-__all__ = ["CONFIGS", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig", "config_class"]
+__all__ = ["CONFIGS", "MagnitudeConfig", "PruneConfig", "Pruner", "RotPrunerConfig", "SparseGPTConfig", "WandaConfig", "config_class"]

@@ -1,0 +1,1 @@
+"""Whole-model methods that wrap the layer-wise engine, one folder each (config / math / attach)."""
