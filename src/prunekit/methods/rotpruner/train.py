@@ -57,6 +57,7 @@ class TrainingLog:
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
     teacher_seconds: float = 0.0
+    grad_norm_first: float = 0.0  # ‖∂loss/∂R‖ at the first step (Euclidean), for choosing the learning rate
 
     def summary(self) -> dict:
         steady = self.step_seconds[1:] or self.step_seconds  # the first step includes warm-up
@@ -68,7 +69,7 @@ class TrainingLog:
             "loss_first": _mean(self.loss[:k]), "loss_last": _mean(self.loss[-k:]),
             "kl_first": _mean(self.kl[:k]), "kl_last": _mean(self.kl[-k:]),
             "mse_first": _mean(self.mse[:k]), "mse_last": _mean(self.mse[-k:]),
-            "max_orthonormality_error": self.max_orthonormality_error,
+            "max_orthonormality_error": self.max_orthonormality_error, "grad_norm_first": self.grad_norm_first,
             "peak_memory_bytes": self.peak_memory_bytes, "peak_memory_kind": self.peak_memory_kind,
         }
 
@@ -173,13 +174,15 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         loss, kl, mse = _loss(view, z.float(), z_dense, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if step == 0:
+            log.grad_norm_first = float(rotation.R.grad.norm())
         optimizer.step()
         schedule.step()
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         log.step_seconds.append(time.perf_counter() - t0)
-        log.loss.append(float(loss))
+        log.loss.append(float(loss.detach()))
         log.kl.append(kl)
         log.mse.append(mse)
         if step % 10 == 0 or step == steps - 1:
