@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (protocol Q: 40)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the base pruners (reuse earlier figures)")
     parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--jsonl", help="append each cell's result here as it finishes")
     defaults = RotPrunerConfig()
     for name in TUNABLE:
         value = getattr(defaults, name)
@@ -106,6 +107,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps({**row, "dense_ppl": dense_ppl, "device": env["device"]}) + "\n")
 
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))

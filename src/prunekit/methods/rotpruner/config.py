@@ -20,7 +20,7 @@ BASE_PRUNERS = {
     "sparsegpt": (SparseGPTConfig, {"update": True}),
 }
 SCHEDULES = ("cosine", "constant")
-TRAIN_DTYPES = ("float32", "bfloat16")
+TRAIN_DTYPES = ("float32", "tf32", "bfloat16")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RotPrunerConfig(PruneConfig):
     mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
     ste: str = field(default="sr-ste", metadata={"help": "gradient through the mask: sr-ste, ste or none"})
     srste_decay: float = field(default=2e-4, metadata={"help": "SR-STE decay λ of the pruned weights"})
-    train_dtype: str = field(default="float32", metadata={"help": "compute dtype while learning Q: float32 or bfloat16"})
+    train_dtype: str = field(default="float32", metadata={"help": "compute dtype while learning Q: float32, tf32 (CUDA matmuls in TF32) or bfloat16 (autocast)"})
     train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
     blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates"})
     percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal"})

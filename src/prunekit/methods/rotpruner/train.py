@@ -143,6 +143,8 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     for g in reader_G:
         g.G = g.G.to(device)
     bf16 = config.train_dtype == "bfloat16"
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = config.train_dtype == "tf32"
     generator = torch.Generator().manual_seed(config.train_seed)
     order: list[int] = []
     if device.type == "cuda":
@@ -189,6 +191,7 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
             log.max_orthonormality_error = max(log.max_orthonormality_error, orthonormality_error(rotation.matrix()))
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
+    torch.backends.cuda.matmul.allow_tf32 = tf32_before
     if device.type == "cuda":
         log.peak_memory_bytes, log.peak_memory_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     else:
