@@ -29,9 +29,11 @@ class RotPrunerConfig(PruneConfig):
 
     Learn one orthonormal rotation Q of the residual stream (original weights frozen) so that the
     base pruner, applied in the rotated space, loses as little as possible of the dense model's output;
-    then fuse Q into the weights and prune with the base pruner. Defaults follow the authors' runs
-    (Cayley SGD, momentum 0.9, 20 epochs over the calibration set, cosine schedule, SR-STE) except the
-    learning rate: see BENCHMARKS.md "RotPruner (issue 4)" for why.
+    then fuse Q into the weights and prune with the base pruner. Defaults are the authors' runs:
+    Cayley SGD, momentum 0.9, learning rate 1e-4, 20 epochs over the calibration set (one window a
+    step), cosine schedule, SR-STE. On SmolLM2 the first gradient has norm ≈ 60, so 1e-4 moves Q by
+    ≈ 0.006 (Frobenius) on the first step: the same scale as theirs. Few-step CPU budgets need a
+    larger rate (BENCHMARKS.md, "RotPruner (issue 4)").
     """
 
     method = "rotpruner"
@@ -43,7 +45,7 @@ class RotPrunerConfig(PruneConfig):
     train_seqlen: int = field(default=0, metadata={"help": "tokens of each window used to learn Q (a prefix); 0 = all"})
     train_batch: int = field(default=1, metadata={"help": "windows per optimizer step"})
     optimizer: str = field(default="cayley-sgd", metadata={"help": "cayley-sgd (with momentum) or cayley-adam"})
-    lr: float = field(default=0.02, metadata={"help": "learning rate of the rotation"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate of the rotation (Cayley Adam: step length)"})
     momentum: float = field(default=0.9, metadata={"help": "Cayley SGD momentum (Cayley Adam: beta1)"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine (to 0) or constant"})
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
