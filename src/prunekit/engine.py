@@ -46,6 +46,7 @@ class OperatorResult:
 class PruneResult:
     operators: list[OperatorResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"calibration": 0.0, "pruning": 0.0})
+    details: dict = field(default_factory=dict)  # whole-model methods report their own figures here
 
     @property
     def achieved_sparsity(self) -> float:

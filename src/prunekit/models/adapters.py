@@ -25,6 +25,19 @@ class Adapter:
     #: whether evaluation and calibration windows should start with a BOS token (`--eval-bos auto`)
     needs_bos: ClassVar[bool] = False
 
+    # The residual stream, for methods that rotate it (RotPruner, SliceGPT): see prunekit/rotation.
+    #: embedding tables whose rows are added into the residual stream (model-relative paths)
+    embedding_paths: ClassVar[tuple[str, ...]] = ()
+    #: the norm after the last decoder layer, and the LM head that reads it
+    final_norm_path: ClassVar[str] = ""
+    head_path: ClassVar[str] = "lm_head"
+    #: "rms" (RMSNorm) or "layer" (LayerNorm with mean subtraction and bias)
+    norm_kind: ClassVar[str] = "rms"
+    #: for each norm in `norm_paths`, the index in `groups` of the operators that read its output
+    norm_readers: ClassVar[tuple[int, ...]] = ()
+    #: operators of a decoder layer whose outputs are added to the residual stream
+    writer_paths: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, model: nn.Module):
         self.model = model
 
@@ -62,6 +75,10 @@ class LlamaAdapter(Adapter):
         ("mlp.down_proj",),
     )
     norm_paths = ("input_layernorm", "post_attention_layernorm")
+    embedding_paths = ("model.embed_tokens",)
+    final_norm_path = "model.norm"
+    norm_readers = (0, 2)
+    writer_paths = ("self_attn.o_proj", "mlp.down_proj")
 
 
 class OPTAdapter(Adapter):
@@ -76,6 +93,11 @@ class OPTAdapter(Adapter):
         ("fc2",),
     )
     norm_paths = ("self_attn_layer_norm", "final_layer_norm")
+    embedding_paths = ("model.decoder.embed_tokens", "model.decoder.embed_positions")
+    final_norm_path = "model.decoder.final_layer_norm"
+    norm_kind = "layer"
+    norm_readers = (0, 2)
+    writer_paths = ("self_attn.out_proj", "fc2")
 
 
 class Gemma3Adapter(LlamaAdapter):

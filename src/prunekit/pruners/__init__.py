@@ -8,9 +8,10 @@ from .fista import FistaConfig
 from .magnitude import MagnitudeConfig
 from .sparsegpt import SparseGPTConfig
 from .wanda import WandaConfig
+from ..methods.rotpruner.config import RotPrunerConfig  # noqa: E402  (whole-model methods build on the pruners)
 
 CONFIGS: dict[str, type[PruneConfig]] = {
-    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, FistaConfig)
+    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, FistaConfig, RotPrunerConfig)
 }
 
 from ..methods.losa.config import LosaConfig  # noqa: E402  (whole-model method; imports .base above)
@@ -24,5 +25,5 @@ def config_class(method: str) -> type[PruneConfig]:
     return CONFIGS[method]
 
 
-__all__ = ["CONFIGS", "FistaConfig", "LosaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "SparseGPTConfig", "WandaConfig",
-           "config_class"]
+__all__ = ["CONFIGS", "FistaConfig", "LosaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "RotPrunerConfig",
+           "SparseGPTConfig", "WandaConfig", "config_class"]

@@ -1,0 +1,90 @@
+"""How RotPruner attaches to a model: make it rotation-invariant, learn Q, fuse Q, prune with the base pruner.
+
+The result is an ordinary Hugging Face model of the same architecture (its head untied from the
+input embeddings, since the final norm's scale is folded into the head): `save_pretrained` and
+`AutoModelForCausalLM.from_pretrained` need nothing from prunekit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ...engine import PruneResult, prune_layerwise
+from ...models.adapters import get_adapter
+from ...rotation import make_rotation_invariant, orthonormality_error, rotate_model
+from .masking import rule_for
+from .train import dense_teacher, learn_rotation
+
+
+def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: int = 8, progress: bool = True,
+             checkpoint_dir=None, **engine_options) -> PruneResult:
+    """RotPruner on `model` in place; `calib` [nsamples, seqlen] token windows. With `checkpoint_dir`,
+    the learned Q is saved there (`rotation.pt`) and reused by a rerun with the same config and data;
+    the base pruner's pass then resumes layer by layer from `checkpoint_dir/base`."""
+    adapter = get_adapter(model)
+    t0 = time.perf_counter()
+    stream = make_rotation_invariant(model)
+    base = config.base_config()
+    rule = rule_for(base)
+    windows = calib[: config.train_samples or calib.shape[0]]
+    windows = windows[:, : config.train_seqlen or windows.shape[1]]
+
+    saved = _load_rotation(checkpoint_dir, config, calib)
+    if saved is None:
+        t_teacher = time.perf_counter()
+        teacher = dense_teacher(model, adapter, stream, windows, rule, device, batch_size, progress)
+        teacher_seconds = time.perf_counter() - t_teacher
+        rotation, log = learn_rotation(model, adapter, stream, windows, teacher, rule, config, device, progress)
+        log.teacher_seconds = teacher_seconds
+        del teacher
+        Q, training = rotation.matrix().detach().cpu(), log.summary()
+        _save_rotation(checkpoint_dir, config, calib, Q, training)
+    else:
+        Q, training = saved
+    rotate_model(model, Q, stream)
+    rotation_seconds = time.perf_counter() - t0
+
+    engine_dir = Path(checkpoint_dir) / "base" if checkpoint_dir else None
+    result = prune_layerwise(model, base, calib, device=device, batch_size=batch_size, progress=progress,
+                             checkpoint_dir=engine_dir, **engine_options)
+    result.timings["rotation"] = rotation_seconds
+    result.details["rotpruner"] = {
+        "base_pruner": config.base_pruner,
+        "training": training,
+        "orthonormality_error": orthonormality_error(Q),
+        "distance_from_identity": float((Q - torch.eye(Q.shape[0], dtype=Q.dtype)).norm()),
+        "head_untied": True,
+    }
+    return result
+
+
+def _fingerprint(config, calib: torch.Tensor) -> str:
+    return hashlib.sha256(repr(sorted(asdict(config).items())).encode() + calib.numpy().tobytes()).hexdigest()[:16]
+
+
+def _load_rotation(directory, config, calib):
+    if not directory:
+        return None
+    path = Path(directory) / "rotation.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    if state.get("fingerprint") != _fingerprint(config, calib):
+        return None
+    return state["Q"], state["training"]
+
+
+def _save_rotation(directory, config, calib, Q, training) -> None:
+    if not directory:
+        return
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "rotation.tmp"
+    torch.save({"fingerprint": _fingerprint(config, calib), "Q": Q, "training": training}, tmp)
+    os.replace(tmp, path / "rotation.pt")

@@ -1,0 +1,101 @@
+"""RotPruner's settings (what the user sets; every field is also a `prunekit prune` flag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...pruners.base import PruneConfig
+from ...pruners.magnitude import MagnitudeConfig
+from ...pruners.sparsegpt import SparseGPTConfig
+from ...pruners.wanda import WandaConfig
+from ...rotation.stiefel import OPTIMIZERS
+from .masking import STE_MODES
+
+#: base pruner name → its config class and keyword arguments; 'sparsegpt' learns Q with the
+#: no-update mask rule (the mask must not depend on a reconstruction) and reconstructs at the end
+BASE_PRUNERS = {
+    "wanda": (WandaConfig, {}),
+    "magnitude": (MagnitudeConfig, {}),
+    "sparsegpt-noupdate": (SparseGPTConfig, {"update": False}),
+    "sparsegpt": (SparseGPTConfig, {"update": True}),
+}
+SCHEDULES = ("cosine", "constant")
+TRAIN_DTYPES = ("float32", "tf32", "bfloat16")
+
+
+@dataclass
+class RotPrunerConfig(PruneConfig):
+    """RotPruner (Chen et al., "RotPruner: Large Language Model Pruning in Rotated Space", 2024).
+
+    Learn one orthonormal rotation Q of the residual stream (original weights frozen) so that the
+    base pruner, applied in the rotated space, loses as little as possible of the dense model's output;
+    then fuse Q into the weights and prune with the base pruner. Defaults are the authors' runs:
+    Cayley SGD, momentum 0.9, learning rate 1e-4, 20 epochs over the calibration set (one window a
+    step), cosine schedule, SR-STE. On SmolLM2 the first gradient has norm ≈ 60, so 1e-4 moves Q by
+    ≈ 0.006 (Frobenius) on the first step: the same scale as theirs. Few-step CPU budgets need a
+    larger rate (BENCHMARKS.md, "RotPruner (issue 4)").
+    """
+
+    method = "rotpruner"
+    base_pruner: str = field(default="wanda", metadata={
+        "help": "pruner applied in the rotated space: " + ", ".join(BASE_PRUNERS)})
+    epochs: float = field(default=20.0, metadata={"help": "passes over the training windows (ignored with --steps)"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = --epochs passes"})
+    train_samples: int = field(default=0, metadata={"help": "calibration windows used to learn Q; 0 = all"})
+    train_seqlen: int = field(default=0, metadata={"help": "tokens of each window used to learn Q (a prefix); 0 = all"})
+    train_batch: int = field(default=1, metadata={"help": "windows per optimizer step"})
+    optimizer: str = field(default="cayley-sgd", metadata={"help": "cayley-sgd (with momentum) or cayley-adam"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate of the rotation (Cayley Adam: step length)"})
+    momentum: float = field(default=0.9, metadata={"help": "Cayley SGD momentum (Cayley Adam: beta1)"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine (to 0) or constant"})
+    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
+    mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
+    ste: str = field(default="sr-ste", metadata={"help": "gradient through the mask: sr-ste, ste or none"})
+    srste_decay: float = field(default=2e-4, metadata={"help": "SR-STE decay λ of the pruned weights"})
+    train_dtype: str = field(default="float32", metadata={"help": "compute dtype while learning Q: float32, tf32 (CUDA matmuls in TF32) or bfloat16 (autocast)"})
+    train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
+    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates"})
+    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("--base-pruner", self.base_pruner, BASE_PRUNERS)
+        _one_of("--optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("--schedule", self.schedule, SCHEDULES)
+        _one_of("--ste", self.ste, STE_MODES)
+        _one_of("--train-dtype", self.train_dtype, TRAIN_DTYPES)
+        for name in ("steps", "train_samples", "train_seqlen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.train_batch <= 0:
+            raise ValueError(f"--train-batch must be a positive integer, got {self.train_batch}")
+        if self.epochs <= 0 and self.steps == 0:
+            raise ValueError(f"--epochs must be positive (or pass --steps), got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        if self.kl_weight < 0 or self.mse_weight < 0 or self.kl_weight + self.mse_weight == 0:
+            raise ValueError("--kl-weight and --mse-weight must be >= 0 and not both 0")
+        self.base_config()  # N:M and blocksize checks of the base pruner
+
+    def base_config(self) -> PruneConfig:
+        """The base pruner's config (same pattern and sparsity)."""
+        cls, extra = BASE_PRUNERS[self.base_pruner]
+        if cls is SparseGPTConfig:
+            extra = {**extra, "blocksize": self.blocksize, "percdamp": self.percdamp}
+        return cls(sparsity=self.sparsity, pattern=self.pattern, **extra)
+
+    def make_pruner(self, in_features, device):
+        raise NotImplementedError("RotPruner is a whole-model method: use prunekit.prune / RotPrunerConfig.apply")
+
+    def apply(self, model, calib, **engine_options):
+        """Make `model` rotation-invariant, learn Q, fuse it, prune with the base pruner (in place)."""
+        from .attach import rotprune
+
+        return rotprune(model, self, calib, **engine_options)
+
+
+def _one_of(flag: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} {value!r}: choose one of {', '.join(choices)}")

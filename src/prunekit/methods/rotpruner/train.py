@@ -1,0 +1,221 @@
+"""Learning Q (RotPruner, Algorithm 1): the pruned rotated model is trained to match the dense model.
+
+    min_Q  kl_weight · KL(p_dense ‖ p_pruned(Q)) + mse_weight · ‖z(Q) − z_dense‖² / ‖z_dense‖²
+    s.t.   Qᵀ Q = I
+
+p are next-token distributions on the calibration windows, z the final hidden states (original basis).
+At every step each operator's mask is chosen afresh by the base pruner's rule on its rotated weight
+(masking.py), the loss is back-propagated to Q through a straight-through estimator, and Q takes a
+Cayley step on the Stiefel manifold (rotation/stiefel.py). The original weights never change.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...engine import capture_inputs, forward_layer
+from ...models.adapters import Adapter
+from ...rotation import ResidualStream, RotatedForward, Rotation, make_optimizer, orthonormality_error
+from .masking import MaskRule, masked
+
+
+@dataclass
+class GroupStats:
+    """Statistics of one group of operators that read the same input."""
+
+    names: tuple[str, ...]  # full module paths
+    rotates: bool  # the input lives in the residual stream (x → x Q)
+    G: torch.Tensor | None  # Σ xᵀx, kept only when the input rotates
+    state: object = None  # the rule's reduced statistics when it does not
+
+
+@dataclass
+class Teacher:
+    """What the dense model gives the loss: statistics per operator group and final hidden states."""
+
+    groups: list[GroupStats]
+    z: torch.Tensor  # [windows, tokens, d] final-norm output of the dense model, original basis
+
+
+@dataclass
+class TrainingLog:
+    steps: int = 0
+    tokens_per_step: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    mse: list[float] = field(default_factory=list)
+    max_orthonormality_error: float = 0.0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    teacher_seconds: float = 0.0
+    grad_norm_first: float = 0.0  # ‖∂loss/∂R‖ at the first step (Euclidean), for choosing the learning rate
+
+    def summary(self) -> dict:
+        steady = self.step_seconds[1:] or self.step_seconds  # the first step includes warm-up
+        k = max(1, min(20, len(self.loss) // 5))
+        return {
+            "steps": self.steps, "tokens_per_step": self.tokens_per_step,
+            "seconds_per_step": sum(steady) / len(steady) if steady else 0.0,
+            "train_seconds": sum(self.step_seconds), "teacher_seconds": self.teacher_seconds,
+            "loss_first": _mean(self.loss[:k]), "loss_last": _mean(self.loss[-k:]),
+            "kl_first": _mean(self.kl[:k]), "kl_last": _mean(self.kl[-k:]),
+            "mse_first": _mean(self.mse[:k]), "mse_last": _mean(self.mse[-k:]),
+            "max_orthonormality_error": self.max_orthonormality_error, "grad_norm_first": self.grad_norm_first,
+            "peak_memory_bytes": self.peak_memory_bytes, "peak_memory_kind": self.peak_memory_kind,
+        }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+@torch.no_grad()
+def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor, rule: MaskRule,
+                  device, batch_size: int = 8, progress: bool = True) -> Teacher:
+    """One layer-by-layer pass of the dense rotation-invariant model over `windows`: G = Σ xᵀx of each
+    operator group's inputs, and the final-norm output z. Only one layer sits on the device at a time."""
+    inputs = capture_inputs(adapter, windows, device, "cpu", batch_size, progress)
+    readers = set(stream.readers)
+    groups: list[GroupStats] = []
+    for index, layer in enumerate(tqdm(adapter.layers(), desc="dense statistics", disable=not progress,
+                                       leave=False)):
+        layer.to(device)
+        prefix = adapter.layer_prefix(index)
+        ops = adapter.linear_groups(layer)
+        grams = [None] * len(ops)
+        handles = []
+        if rule.needs_stats:
+            for g, group in enumerate(ops):
+                def hook(module, args, g=g):
+                    x = args[0].reshape(-1, args[0].shape[-1]).float()
+                    grams[g] = x.t() @ x if grams[g] is None else grams[g].addmm_(x.t(), x)
+                handles.append(group[0][1].register_forward_pre_hook(hook))
+        try:
+            forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size, out=inputs.hidden)
+        finally:
+            for h in handles:
+                h.remove()
+        layer.to("cpu")
+        for g, group in enumerate(ops):
+            names = tuple(f"{prefix}.{name}" for name, _ in group)
+            rotates = names[0] in readers
+            G = grams[g]
+            state = rule.prepare(G) if (G is not None and not rotates) else None
+            groups.append(GroupStats(names, rotates, G if rotates else None, state))
+    norm = adapter.model.get_submodule(adapter.final_norm_path).to(device)
+    z = torch.cat([norm(h.to(device)).to("cpu") for h in inputs.hidden.split(batch_size)])
+    norm.to("cpu")
+    return Teacher(groups, z)
+
+
+def _cosine(total: int):
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor,
+                   teacher: Teacher, rule: MaskRule, config, device, progress: bool = True) -> tuple[Rotation, TrainingLog]:
+    """Learn Q on `windows` [n, seqlen] (their prefix of `config.train_seqlen` tokens); returns the
+    rotation and a log of the loss, step times and peak memory."""
+    device = torch.device(device)
+    n, seqlen = windows.shape
+    tokens = min(config.train_seqlen or seqlen, seqlen)
+    steps = config.steps or max(1, round(config.epochs * n / config.train_batch))
+    log = TrainingLog(steps=steps, tokens_per_step=tokens * config.train_batch)
+
+    model.to(device)
+    model.requires_grad_(False)
+    rotation = Rotation(stream.width, stream.ones_fixed).to(device)
+    optimizer = make_optimizer(config.optimizer, rotation.parameters(), config.lr, config.momentum)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine(steps) if config.schedule == "cosine" else (lambda step: 1.0))
+    view = RotatedForward(model, stream, adapter.backbone)
+    group_of = {name: g for g in teacher.groups for name in g.names}
+    reader_G = [g for g in teacher.groups if g.rotates and g.G is not None]
+    for g in reader_G:
+        g.G = g.G.to(device)
+    bf16 = config.train_dtype == "bfloat16"
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = config.train_dtype == "tf32"
+    generator = torch.Generator().manual_seed(config.train_seed)
+    order: list[int] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = tqdm(range(steps), desc=f"learning Q ({config.base_pruner} {config.pattern})", disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        while len(order) < config.train_batch:
+            order += torch.randperm(n, generator=generator).tolist()
+        batch, order = order[:config.train_batch], order[config.train_batch:]
+        ids = windows[batch, :tokens].to(device)
+        z_dense = teacher.z[batch, :tokens].to(device)
+
+        Q = rotation.matrix().float()
+        with torch.no_grad():
+            Qd = Q.detach()
+            rotated_state = {id(g): rule.rotate(g.G, Qd) for g in reader_G}
+
+        def transform(path: str, W: torch.Tensor) -> torch.Tensor:
+            group = group_of[path]
+            state = rotated_state.get(id(group), group.state)
+            with torch.no_grad():
+                M = rule.mask(W.detach().float(), state)
+            return masked(W, M, config.ste, config.srste_decay)
+
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            z = view(ids, Q, transform)
+        loss, kl, mse = _loss(view, z.float(), z_dense, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step == 0:
+            log.grad_norm_first = float(rotation.R.grad.norm())
+        optimizer.step()
+        schedule.step()
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.step_seconds.append(time.perf_counter() - t0)
+        log.loss.append(float(loss.detach()))
+        log.kl.append(kl)
+        log.mse.append(mse)
+        if step % 10 == 0 or step == steps - 1:
+            log.max_orthonormality_error = max(log.max_orthonormality_error, orthonormality_error(rotation.matrix()))
+            bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32_before
+    if device.type == "cuda":
+        log.peak_memory_bytes, log.peak_memory_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    else:
+        log.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        log.peak_memory_kind = "process peak RSS"
+    for g in reader_G:
+        g.G = g.G.to("cpu")
+    model.to("cpu")
+    return rotation, log
+
+
+def _loss(view: RotatedForward, z: torch.Tensor, z_dense: torch.Tensor, config):
+    """(loss, kl, mse): KL(p_dense ‖ p) per token and ‖z − z_dense‖² / ‖z_dense‖²."""
+    loss = z.new_zeros(())
+    kl = mse = float("nan")
+    if config.kl_weight:
+        logp = F.log_softmax(view.logits(z).float().flatten(0, 1), dim=-1)
+        with torch.no_grad():
+            logp_dense = F.log_softmax(view.logits(z_dense).float().flatten(0, 1), dim=-1)
+        kl_t = F.kl_div(logp, logp_dense, log_target=True, reduction="sum") / logp.shape[0]
+        loss = loss + config.kl_weight * kl_t
+        kl = float(kl_t.detach())
+    if config.mse_weight:
+        mse_t = (z - z_dense).pow(2).sum() / z_dense.pow(2).sum()
+        loss = loss + config.mse_weight * mse_t
+        mse = float(mse_t.detach())
+    return loss, kl, mse
