@@ -89,7 +89,7 @@ class RotPrunerConfig(PruneConfig):
     def make_pruner(self, in_features, device):
         raise NotImplementedError("RotPruner is a whole-model method: use prunekit.prune / RotPrunerConfig.apply")
 
-    def apply(self, model, calib, **engine_options):
+    def apply(self, model, calib, *, tokenizer=None, **engine_options):
         """Make `model` rotation-invariant, learn Q, fuse it, prune with the base pruner (in place)."""
         from .attach import rotprune
 
