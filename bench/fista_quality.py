@@ -7,7 +7,7 @@ A cell is `method/pattern[/option=value,...]`, the options being the method's co
 are kept in that file and cells already there are skipped, so a long CPU run can be resumed.
 Prints a markdown table last.
 
-    python bench/fista_quality.py [--device cuda] [--data ../shared/data] [--json q.json] [--cells ...]
+    python bench/fista_quality.py [--device cuda] [--model smollm2-135m] [--data ../shared/data] [--json q.json] [--cells ...]
 """
 
 from __future__ import annotations
@@ -58,10 +58,20 @@ def parse_cell(cell: str):
     return method, pattern, options
 
 
+def wiki_ppl(model, sets, device: str) -> float:
+    """Protocol Q perplexity with the whole model on `device` (pruning keeps it on the CPU)."""
+    model.to(device)
+    try:
+        return evaluate(model, sets, device=device, progress=False)[0]["wikitext2"]
+    finally:
+        model.to("cpu")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="smollm2-135m", help="embedded name, model directory or .gguf file")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated; a cell's own options use ';'"
                         " instead of ',' here (fista/2:4/warm_start=zero;iters=20)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (protocol Q: 128)")
@@ -74,13 +84,13 @@ def main() -> None:
 
     saved = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     rows = saved.get("rows", {})
-    dense, tokenizer = load_model("smollm2-135m")
+    dense, tokenizer = load_model(args.model)
     calib, sets = protocol_q(tokenizer, Path(args.data))
     calib = calib[:args.nsamples]
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "nsamples": args.nsamples, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     if "dense_ppl" not in saved:
-        saved["dense_ppl"] = evaluate(dense, sets, device=args.device, progress=False)[0]["wikitext2"]
+        saved["dense_ppl"] = wiki_ppl(dense, sets, args.device)
     print(f"dense: {saved['dense_ppl']:.3f}  {json.dumps(meta)}", flush=True)
 
     for cell in cells:
@@ -92,7 +102,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = prune(model, config, calib, device=args.device, progress=False)
         seconds = time.perf_counter() - t0
-        ppl = evaluate(model, sets, device=args.device, progress=False)[0]["wikitext2"]
+        ppl = wiki_ppl(model, sets, args.device)
         rows[cell] = {"ppl": ppl, "prune_s": seconds, "sparsity": result.achieved_sparsity, **meta,
                       "timings": result.timings}
         del model
