@@ -9,7 +9,7 @@ With --model (an embedded name or a model directory, e.g. smollm2-135m): whole-m
 of fista vs sparsegpt with protocol Q's calibration (--data: the shared data folder) on --device.
 
     python bench/fista_gpu.py [--device cuda] [--model smollm2-135m] [--sizes 4096x4096,11008x4096]
-                              [--tokens 262144] [--json gpu.json]
+                              [--tokens 262144] [--patterns unstructured,2:4] [--json gpu.json]
 On CPU with tiny sizes (a smoke test):
     python bench/fista_gpu.py --device cpu --sizes 96x64,160x64 --tokens 2048
 """
@@ -77,13 +77,13 @@ def operator_rows(sizes, tokens: int, device, fista_options: dict) -> list[dict]
     return rows
 
 
-def model_rows(model_name: str, data: Path, device, fista_options: dict) -> list[dict]:
+def model_rows(model_name: str, data: Path, device, fista_options: dict, patterns=("unstructured", "2:4")) -> list[dict]:
     from parity import protocol_q
 
     dense, tokenizer = load_model(model_name)
     calib, _ = protocol_q(tokenizer, data)
     rows = []
-    for pattern in ("unstructured", "2:4"):
+    for pattern in patterns:
         for name, config in (("sparsegpt", SparseGPTConfig(0.5, pattern)),
                              ("fista", FistaConfig(0.5, pattern, **fista_options))):
             model = copy.deepcopy(dense)
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128 * 2048, help="calibration tokens per operator")
     parser.add_argument("--model", help="also time the whole model (e.g. smollm2-135m)")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--patterns", default="unstructured,2:4", help="patterns of the whole-model timing")
     parser.add_argument("--fista-options", default="{}", help='JSON of FistaConfig fields, e.g. \'{"iters": 20}\'')
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -111,7 +112,7 @@ def main() -> None:
 
     rows = operator_rows(sizes, args.tokens, args.device, fista_options)
     if args.model:
-        rows += model_rows(args.model, Path(args.data), args.device, fista_options)
+        rows += model_rows(args.model, Path(args.data), args.device, fista_options, args.patterns.split(","))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
