@@ -77,11 +77,13 @@ def operator_rows(sizes, tokens: int, device, fista_options: dict) -> list[dict]
     return rows
 
 
-def model_rows(model_name: str, data: Path, device, fista_options: dict, patterns=("unstructured", "2:4")) -> list[dict]:
+def model_rows(model_name: str, data: Path, device, fista_options: dict, patterns=("unstructured", "2:4"),
+               nsamples: int = 128) -> list[dict]:
     from parity import protocol_q
 
     dense, tokenizer = load_model(model_name)
     calib, _ = protocol_q(tokenizer, data)
+    calib = calib[:nsamples]
     rows = []
     for pattern in patterns:
         for name, config in (("sparsegpt", SparseGPTConfig(0.5, pattern)),
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--model", help="also time the whole model (e.g. smollm2-135m)")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--patterns", default="unstructured,2:4", help="patterns of the whole-model timing")
+    parser.add_argument("--nsamples", type=int, default=128, help="calibration windows of the whole-model timing")
     parser.add_argument("--fista-options", default="{}", help='JSON of FistaConfig fields, e.g. \'{"iters": 20}\'')
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -112,7 +115,8 @@ def main() -> None:
 
     rows = operator_rows(sizes, args.tokens, args.device, fista_options)
     if args.model:
-        rows += model_rows(args.model, Path(args.data), args.device, fista_options, args.patterns.split(","))
+        rows += model_rows(args.model, Path(args.data), args.device, fista_options, args.patterns.split(","),
+                           args.nsamples)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
