@@ -18,6 +18,11 @@ from ..methods.losa.config import LosaConfig  # noqa: E402  (whole-model method;
 
 CONFIGS[LosaConfig.method] = LosaConfig
 
+from ..methods.slicegpt.config import RotPrunerStructuredConfig, SliceGPTConfig  # noqa: E402  (whole-model)
+
+CONFIGS[SliceGPTConfig.method] = SliceGPTConfig
+CONFIGS[RotPrunerStructuredConfig.method] = RotPrunerStructuredConfig
+
 
 def config_class(method: str) -> type[PruneConfig]:
     if method not in CONFIGS:
@@ -26,4 +31,4 @@ def config_class(method: str) -> type[PruneConfig]:
 
 
 __all__ = ["CONFIGS", "FistaConfig", "LosaConfig", "MagnitudeConfig", "PruneConfig", "Pruner", "RotPrunerConfig",
-           "SparseGPTConfig", "WandaConfig", "config_class"]
+           "RotPrunerStructuredConfig", "SliceGPTConfig", "SparseGPTConfig", "WandaConfig", "config_class"]

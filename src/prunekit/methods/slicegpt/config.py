@@ -34,6 +34,12 @@ class SliceGPTConfig(PruneConfig):
             raise ValueError(f"--round-to must be a positive integer, got {self.round_to}")
         self.sparsity = float(self.slicing)
 
+    def check_model(self, model) -> None:
+        """A UsageError for architectures slicing does not support (before calibration starts)."""
+        from .layers import check_sliceable
+
+        check_sliceable(model)
+
     def make_pruner(self, in_features, device):
         raise NotImplementedError(f"{self.method} is a whole-model method: use prunekit.prune / config.apply")
 
