@@ -41,8 +41,10 @@ class WandaChannelsConfig(PruneConfig):
         return prune_channels(model, self, calib, **engine_options)
 
 
-def channel_scores(W_in: list[torch.Tensor], x_sq: torch.Tensor, W_out: torch.Tensor, z_sq: torch.Tensor) -> torch.Tensor:
-    """s_j (module docstring): W_in are [I, d] input operators, x_sq = Σ X_i² [d], W_out [d, I], z_sq = Σ Z_j² [I]."""
+def channel_scores(W_in: list[torch.Tensor], x_sq: torch.Tensor, W_out: torch.Tensor,
+                   z_sq: torch.Tensor) -> torch.Tensor:
+    """s_j (module docstring): W_in are [I, d] input operators, x_sq = Σ X_i² [d], W_out [d, I],
+    z_sq = Σ Z_j² [I]."""
     s = sum(W.abs().float() @ x_sq.sqrt() for W in W_in)
     return s + W_out.abs().float().sum(0) * z_sq.sqrt()
 
@@ -93,10 +95,12 @@ def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, d
                 h.remove()
         scores = channel_scores([op.weight for op in readers], stats["x"], writer.weight, stats["z"])
         keep = torch.sort(torch.topk(scores, k).indices).values
+        # per operator: sparsity = fraction of its weights removed; the reconstruction error is not measured (0.0)
         for name, op in groups[2]:
             shape = tuple(op.weight.shape)
             _keep_rows(op, keep)
-            result.operators.append(OperatorResult(f"{adapter.layer_prefix(index)}.{name}", shape, 1 - k / total, 0.0, 0.0))
+            result.operators.append(OperatorResult(f"{adapter.layer_prefix(index)}.{name}", shape, 1 - k / total,
+                                                   0.0, 0.0))
         shape = tuple(writer.weight.shape)
         _keep_columns(writer, keep)
         result.operators.append(OperatorResult(f"{adapter.layer_prefix(index)}.{groups[3][0][0]}", shape,

@@ -71,7 +71,8 @@ class RotPrunerStructuredConfig(SliceGPTConfig):
     lr: float = field(default=1e-3, metadata={"help": "learning rate of the rotation (Cayley Adam: step length)"})
     momentum: float = field(default=0.9, metadata={"help": "Cayley SGD momentum (Cayley Adam: beta1)"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine (to 0) or constant"})
-    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
+    kl_weight: float = field(default=1.0, metadata={
+        "help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
     mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
     train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
 

@@ -1,6 +1,7 @@
 """RotPruner-structured: SliceGPT's bases fine-tuned with RotPruner's loss (KL to the dense model).
 
-    min_{U_a^0, U_m^0, ..., U_a^L}  kl_weight · KL(p_dense ‖ p_sliced(U)) + mse_weight · ‖z(U) − z_dense‖² / ‖z_dense‖²
+    min_{U_a^0, U_m^0, ..., U_a^L}  kl_weight · KL(p_dense ‖ p_sliced(U))
+                                    + mse_weight · ‖z(U) − z_dense‖² / ‖z_dense‖²
     s.t.  Uᵀ U = I_k  for every basis (each on the Stiefel manifold St(d, k))
 
 p_sliced(U) is the sliced model (layers.py) with its weights written as functions of the bases and the
@@ -116,7 +117,8 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
     if device.type == "cuda":
-        log.peak_memory_bytes, log.peak_memory_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+        log.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+        log.peak_memory_kind = "cuda max_memory_allocated"
     else:
         log.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         log.peak_memory_kind = "process peak RSS"
