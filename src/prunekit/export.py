@@ -127,9 +127,12 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
 
 # Sliced format (SliceGPT, RotPruner-structured) — a model directory holding
 #   config.json           the ORIGINAL architecture's config plus a block
-#                         "prunekit_sliced": {"version": 1, "hidden_size": d, "dims": [k_a^0, k_m^0, ..., k_a^L]}
+#                         "prunekit_sliced": {"version": 1, "hidden_size": d, "dims": [k_a^0, k_m^0, ..., k_a^L],
+#                                             "tied": bool}
 #                         (the kept width of the embeddings/attention input of each layer, of each MLP input,
-#                         and of the head's input: 2L + 1 numbers)
+#                         and of the head's input: 2L + 1 numbers; "tied": the embedding table stays whole and
+#                         shared with the head, with `model.layers.0.in_proj` [d, k_a^0] and
+#                         `model.norm.out_proj` [k_a^L, d]; the head is then not stored)
 #   model.safetensors     every tensor with its sliced shape, under the original names, plus per layer
 #                         `model.layers.<i>.attn_shortcut` [k_a^i, k_m^i] and `.mlp_shortcut` [k_m^i, k_a^{i+1}]
 #   tokenizer files, generation_config.json
@@ -157,7 +160,12 @@ def save_sliced(model: nn.Module, directory: str | Path, tokenizer=None) -> dict
         model.generation_config.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():  # a tied head is stored once, under the table's name
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        state[name] = t.detach().cpu().contiguous()
     save_file(state, directory / "model.safetensors", metadata={"format": "pt", "prunekit": "sliced"})
     return {"format": "sliced", "bytes": (directory / "model.safetensors").stat().st_size}
 
@@ -177,8 +185,11 @@ def load_sliced_dir(directory: str | Path, dtype: torch.dtype | None = None) -> 
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model._prunekit_rotation_invariant = True  # the norms are folded: restructure keeps RMSN without weights
-    restructure(model, getattr(config, SLICED_KEY)["dims"])
+    info = getattr(config, SLICED_KEY)
+    restructure(model, info["dims"], tied=info.get("tied", False))
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    if info.get("tied", False):
+        missing = [name for name in missing if name != "lm_head.weight"]  # shares the table's storage
     if missing or unexpected:
         raise ValueError(f"{directory}: sliced weights do not match prunekit_sliced (missing {sorted(missing)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]})")

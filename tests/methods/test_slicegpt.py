@@ -152,3 +152,50 @@ def test_rotpruner_structured_starts_at_slicegpt():
         kl = torch.nn.functional.kl_div(torch.log_softmax(la[:1], -1), dense, log_target=True, reduction="sum") / 32
     assert torch.allclose(la, lb, atol=1e-4)
     assert abs(result.details["rotpruner-structured"]["training"]["loss_first"] - float(kl)) < 1e-4
+
+
+def _tied_llama(layers: int = 2):
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama(layers=layers).config
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    return _scaled_norms(LlamaForCausalLM(config).eval())
+
+
+def test_tied_embeddings_stay_whole(tmp_path):
+    from conftest import byte_tokenizer
+    from prunekit.export import save_sliced
+
+    ids = random_windows(2, 24, seed=7)
+    model = _tied_llama()
+    with torch.no_grad():
+        dense = model(ids).logits
+    prune(model, SliceGPTConfig(slicing=0.0), random_windows(4, 32), progress=False)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, dense, atol=1e-4)
+
+    tied, untied = _tied_llama(), _tied_llama()
+    before = sum(p.numel() for p in tied.parameters())
+    a = prune(tied, SliceGPTConfig(slicing=0.25), random_windows(4, 32), progress=False).details["slicegpt"]
+    b = prune(untied, SliceGPTConfig(slicing=0.25, keep_tied=False), random_windows(4, 32),
+              progress=False).details["slicegpt"]
+    assert a["tied_embeddings_kept"] and not b["tied_embeddings_kept"]
+    assert a["parameters_before"] == before and a["parameters_after"] < b["parameters_after"]
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.lm_head.weight.shape == (256, 64)
+    assert untied.lm_head.weight.shape == (256, 48)
+    save_sliced(tied, tmp_path, byte_tokenizer())
+    loaded, _ = load_model(str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, tied(ids).logits)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+def test_rotpruner_structured_tied_starts_at_slicegpt():
+    calib = random_windows(2, 32)
+    a, b = _tied_llama(1), _tied_llama(1)
+    prune(a, SliceGPTConfig(slicing=0.25), calib, progress=False)
+    config = RotPrunerStructuredConfig(slicing=0.25, steps=1, lr=1e-12, train_samples=1, schedule="constant")
+    prune(b, config, calib, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(a(calib).logits, b(calib).logits, atol=1e-4)

@@ -10,7 +10,7 @@ import torch
 from ...engine import PruneResult
 from ...rotation import make_rotation_invariant, orthonormality_error
 from .layers import (check_sliceable, dense_tensors, is_sliced, load_sliced, parameter_count, restructure,
-                     sliced_tensors)
+                     sliced_tensors, tied_scale)
 from .pca import pca_bases, sliced_width
 
 
@@ -32,19 +32,21 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     check_sliceable(model)
     result = SlicedResult(parameters_before=parameter_count(model))
     t0 = time.perf_counter()
+    g = tied_scale(model) if config.keep_tied else None
     make_rotation_invariant(model)
     d = model.config.hidden_size
     k = sliced_width(d, config.slicing, config.round_to)
     bases = pca_bases(model, calib, k, device, batch_size, progress)
     result.timings["calibration"] = time.perf_counter() - t0
-    details = {"hidden_size": d, "kept": k, "slicing_target": config.slicing, "slicing_achieved": 1 - k / d}
+    details = {"hidden_size": d, "kept": k, "slicing_target": config.slicing, "slicing_achieved": 1 - k / d,
+               "tied_embeddings_kept": g is not None}
     dense = dense_tensors(model)
     if hasattr(config, "steps"):
         from .train import learn_bases
 
         t1 = time.perf_counter()
         pca = bases
-        bases, log = learn_bases(model, dense, bases, calib, config, device, progress)  # restructures the model
+        bases, log = learn_bases(model, dense, bases, calib, config, device, progress, g)  # restructures the model
         result.timings["training"] = time.perf_counter() - t1
         details["training"] = log.summary()
         details["max_orthonormality_error"] = max(orthonormality_error(U) for U in bases)
@@ -54,8 +56,8 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     model.to("cpu")
     bases = [U.detach().to("cpu", torch.float64) for U in bases]
     if not is_sliced(model):
-        restructure(model, [U.shape[1] for U in bases])
-    load_sliced(model, sliced_tensors(model, dense, bases))  # the fusion in float64
+        restructure(model, [U.shape[1] for U in bases], tied=g is not None)
+    load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=g))  # the fusion in float64
     details["format"] = model.config.prunekit_sliced
     result.timings["pruning"] = time.perf_counter() - t1
     result.parameters_after = parameter_count(model)

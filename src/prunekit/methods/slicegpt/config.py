@@ -22,6 +22,10 @@ class SliceGPTConfig(PruneConfig):
     supports_checkpoint = False
     slicing: float = field(default=0.25, metadata={"help": "fraction of the hidden dimension removed, in [0, 1)"})
     round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
+    keep_tied: bool = field(default=True, metadata={
+        "flag": "--no-keep-tied",
+        "help": "tied input/output embeddings: keep the shared table whole and add a d×k projection at each end "
+                "(--no-keep-tied: untie, slice both as in the paper)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -18,6 +18,11 @@ Norms: RMSNorm commutes with an orthonormal Q only when every dimension is kept,
 norms are RMSN(x) = x / sqrt(‖x‖² / d + ε) with d the ORIGINAL width (no weight: it is folded): on an
 unsliced rotated signal it equals the original norm exactly, on a sliced one it is the norm of the
 signal projected on span(U) (‖x‖ = ‖x Uᵀ‖). So at k = d (slicing 0) the model computes the dense function.
+
+Tied input/output embeddings (`tied`, e.g. SmolLM2): slicing both ends would untie the head and add a
+V × k matrix. Instead the shared table E stays whole and two small matrices join it to the sliced stream:
+layer 0 reads x = E[ids] U_a^0 (`in_proj` = U_a^0, d × k), and the final norm writes
+z = RMSN(x) (U_a^L)ᵀ diag(g) (`out_proj`, k × d; g the final norm's scale), so that logits = z Eᵀ.
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ from ...models.adapters import LlamaAdapter, get_adapter
 
 
 class RMSN(nn.Module):
-    """x / sqrt(‖x‖² / mean_dim + ε): an RMSNorm without weight whose mean is over the original width."""
+    """x / sqrt(‖x‖² / mean_dim + ε): an RMSNorm without weight whose mean is over the original width;
+    with `out_proj` (the final norm of a tied model) its output is multiplied by it."""
 
-    def __init__(self, mean_dim: int, eps: float = 1e-6):
+    def __init__(self, mean_dim: int, eps: float = 1e-6, out_proj: torch.Tensor | None = None):
         super().__init__()
         self.mean_dim, self.eps = mean_dim, eps
+        self.out_proj = None if out_proj is None else nn.Parameter(out_proj, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.mean_dim + self.eps)
-        return x.to(dtype)
+        x = (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.mean_dim + self.eps)).to(dtype)
+        return x if self.out_proj is None else x @ self.out_proj.to(dtype)
 
     def extra_repr(self) -> str:
         return f"mean_dim={self.mean_dim}, eps={self.eps}"
@@ -53,8 +60,10 @@ class SlicedLlamaLayer(nn.Module):
     the state dict keys are the original ones plus `attn_shortcut` and `mlp_shortcut`."""
 
     def __init__(self, layer: nn.Module, mean_dim: int, eps: float, attn_shortcut: torch.Tensor,
-                 mlp_shortcut: torch.Tensor):
+                 mlp_shortcut: torch.Tensor, in_proj: torch.Tensor | None = None):
         super().__init__()
+        # layer 0 of a tied model: the full-width embeddings are projected on U_a^0 first
+        self.in_proj = None if in_proj is None else nn.Parameter(in_proj, requires_grad=False)
         self.self_attn, self.mlp = layer.self_attn, layer.mlp
         self.input_layernorm, self.post_attention_layernorm = RMSN(mean_dim, eps), RMSN(mean_dim, eps)
         self.attn_shortcut = nn.Parameter(attn_shortcut, requires_grad=False)
@@ -63,6 +72,8 @@ class SlicedLlamaLayer(nn.Module):
             self.attention_type = layer.attention_type
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.in_proj is not None:
+            hidden_states = hidden_states @ self.in_proj.to(hidden_states.dtype)
         h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
         m = hidden_states @ self.attn_shortcut.to(hidden_states.dtype) + h
         return m @ self.mlp_shortcut.to(m.dtype) + self.mlp(self.post_attention_layernorm(m))
@@ -92,10 +103,11 @@ def _resize(linear: nn.Linear, out_features: int, in_features: int) -> None:
     linear.out_features, linear.in_features = out_features, in_features
 
 
-def restructure(model: nn.Module, dims: list[int]) -> dict:
+def restructure(model: nn.Module, dims: list[int], tied: bool = False) -> dict:
     """Give a Llama-family model the sliced shapes (placeholder zero weights of the sliced sizes, sliced
     layers, RMSN norms) for the widths `dims` = [k_a^0, k_m^0, ..., k_a^L]; returns the `prunekit_sliced`
-    description, also stored on `model.config`. Weights come after, from `sliced_tensors` or a state dict."""
+    description, also stored on `model.config`. Weights come after, from `sliced_tensors` or a state dict.
+    `tied`: keep the embedding table and the head whole and tied (module docstring)."""
     check_sliceable(model)
     adapter = get_adapter(model)
     layers = adapter.layers()
@@ -103,8 +115,9 @@ def restructure(model: nn.Module, dims: list[int]) -> dict:
         raise ValueError(f"need {2 * len(layers) + 1} widths for {len(layers)} layers, got {len(dims)}")
     d, eps = model.config.hidden_size, _rms_eps(model)
     embed = model.get_submodule(adapter.embedding_paths[0])
-    _placeholder(embed, "weight", (embed.weight.shape[0], dims[0]))
-    embed.embedding_dim = dims[0]
+    if not tied:
+        _placeholder(embed, "weight", (embed.weight.shape[0], dims[0]))
+        embed.embedding_dim = dims[0]
     for i in range(len(layers)):
         layer, ka, km, kn = layers[i], dims[2 * i], dims[2 * i + 1], dims[2 * i + 2]
         attn, mlp = layer.self_attn, layer.mlp
@@ -115,12 +128,20 @@ def restructure(model: nn.Module, dims: list[int]) -> dict:
             _resize(op, op.out_features, km)
         _resize(mlp.down_proj, kn, mlp.down_proj.in_features)
         dtype = attn.q_proj.weight.dtype
-        layers[i] = SlicedLlamaLayer(layer, d, eps, torch.zeros(ka, km, dtype=dtype), torch.zeros(km, kn, dtype=dtype))
+        in_proj = torch.zeros(d, ka, dtype=dtype) if tied and i == 0 else None
+        layers[i] = SlicedLlamaLayer(layer, d, eps, torch.zeros(ka, km, dtype=dtype), torch.zeros(km, kn, dtype=dtype),
+                                     in_proj)
     head = model.get_submodule(adapter.head_path)
-    _resize(head, head.out_features, dims[-1])
+    if tied:
+        head.weight = embed.weight
+        for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+            config.tie_word_embeddings = True
+    else:
+        _resize(head, head.out_features, dims[-1])
     parent, _, child = adapter.final_norm_path.rpartition(".")
-    setattr(model.get_submodule(parent), child, RMSN(d, eps))
-    info = {"version": 1, "hidden_size": d, "dims": [int(k) for k in dims]}
+    out_proj = torch.zeros(dims[-1], d, dtype=embed.weight.dtype) if tied else None
+    setattr(model.get_submodule(parent), child, RMSN(d, eps, out_proj))
+    info = {"version": 1, "hidden_size": d, "dims": [int(k) for k in dims], "tied": bool(tied)}
     model.config.prunekit_sliced = info
     model._prunekit_sliced = True
     return info
@@ -141,10 +162,12 @@ WRITERS = ("self_attn.o_proj", "mlp.down_proj")
 
 
 def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor],
-                   embed_and_head: bool = True) -> dict[str, torch.Tensor]:
+                   embed_and_head: bool = True, tied_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The sliced model's tensors (module docstring) from the dense ones and the bases [U_a^0, U_m^0, ..., U_a^L],
     differentiable in the bases, in their dtype. Without `embed_and_head` the embedding table and the head
-    are left out (training applies U_a^0 and U_a^L to their activations instead: cheaper for a large vocabulary)."""
+    are left out (training applies U_a^0 and U_a^L to their activations instead: cheaper for a large vocabulary).
+    `tied_scale` (tied models: the final norm's scale g) gives `in_proj` and `out_proj` instead of the
+    sliced table and head."""
     adapter = get_adapter(model)
     U = bases
 
@@ -154,7 +177,10 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
         return source[name].to(U[0].device, U[0].dtype)
 
     out = {}
-    if embed_and_head:
+    if tied_scale is not None:
+        out[adapter.layer_prefix(0) + ".in_proj"] = U[0]
+        out[adapter.final_norm_path + ".out_proj"] = U[-1].t() * tied_scale.to(U[-1].device, U[-1].dtype)
+    elif embed_and_head:
         out[adapter.embedding_paths[0] + ".weight"] = D(adapter.embedding_paths[0] + ".weight") @ U[0]
         out[adapter.head_path + ".weight"] = D(adapter.head_path + ".weight") @ U[-1]
     for i in range(len(adapter.layers())):
@@ -174,7 +200,7 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
 @torch.no_grad()
 def load_sliced(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Copy `tensors` (by parameter name) into a restructured model, in its dtype."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     for name, t in tensors.items():
         if params[name].shape != t.shape:
             raise ValueError(f"{name}: expected shape {tuple(params[name].shape)}, got {tuple(t.shape)}")
@@ -182,16 +208,26 @@ def load_sliced(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def slice_model(model: nn.Module, bases: list[torch.Tensor]) -> dict:
+def slice_model(model: nn.Module, bases: list[torch.Tensor], tied_scale: torch.Tensor | None = None) -> dict:
     """Rotate and slice a rotation-invariant Llama-family model in place (module docstring for the equations).
 
     `bases` = [U_a^0, U_m^0, U_a^1, U_m^1, ..., U_a^L]: 2L + 1 matrices d × k with orthonormal columns;
-    the fusion is computed in float64. Returns the `prunekit_sliced` description (also on `model.config`)."""
+    the fusion is computed in float64. `tied_scale`: keep the tied table whole (module docstring; g = the
+    final norm's scale before folding). Returns the `prunekit_sliced` description (also on `model.config`)."""
     dense = dense_tensors(model)
     bases = [b.detach().to("cpu", torch.float64) for b in bases]
-    info = restructure(model, [b.shape[1] for b in bases])
-    load_sliced(model, sliced_tensors(model, dense, bases))
+    info = restructure(model, [b.shape[1] for b in bases], tied=tied_scale is not None)
+    load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=tied_scale))
     return info
+
+
+def tied_scale(model: nn.Module) -> torch.Tensor | None:
+    """The final norm's scale g when the head shares the input embedding table (before folding), else None."""
+    adapter = get_adapter(model)
+    head, table = model.get_submodule(adapter.head_path), model.get_submodule(adapter.embedding_paths[0])
+    if head.weight.data_ptr() != table.weight.data_ptr():
+        return None
+    return model.get_submodule(adapter.final_norm_path).weight.detach().to("cpu", torch.float64).clone()
 
 
 def is_sliced(model: nn.Module) -> bool:

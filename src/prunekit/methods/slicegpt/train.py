@@ -37,7 +37,8 @@ class _DenseHead:
 
 
 def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor], windows: torch.Tensor,
-                config, device, progress: bool = True) -> tuple[list[torch.Tensor], TrainingLog]:
+                config, device, progress: bool = True,
+                tied_scale: torch.Tensor | None = None) -> tuple[list[torch.Tensor], TrainingLog]:
     """Learn the bases on `windows` (the first `train_samples`, prefix of `train_seqlen` tokens) from the
     PCA bases; `dense` = layers.dense_tensors of the rotation-invariant model. Leaves `model` restructured
     to the sliced shapes with placeholder weights: `load_sliced(model, sliced_tensors(...))` after."""
@@ -58,7 +59,8 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
                                for b in windows[:, :tokens].split(config.train_batch)])
     log.teacher_seconds = time.perf_counter() - t0
     dense = {name: t.to(device, torch.float32) for name, t in dense.items()}
-    restructure(model, [b.shape[1] for b in bases])
+    tied = tied_scale is not None
+    restructure(model, [b.shape[1] for b in bases], tied=tied)
     model.to(device)
     model.requires_grad_(False)
     head = _DenseHead(dense[adapter.head_path + ".weight"])
@@ -89,14 +91,19 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
 
         U = [f.float() for f in frames]
         overrides = {name.removeprefix(prefix): t for name, t in sliced_tensors(model, dense, U, False).items()}
-        overrides[embed_name.removeprefix(prefix)] = dense[embed_name]
-        handle = embed.register_forward_hook(lambda mod, args, out: out @ U[0])
+        if tied:  # the whole table stays; layer 0 projects on U_a^0, the final norm maps back by (U_a^L)ᵀ
+            overrides[adapter.layer_prefix(0).removeprefix(prefix) + ".in_proj"] = U[0]
+            overrides[adapter.final_norm_path.removeprefix(prefix) + ".out_proj"] = U[-1].t()
+        else:
+            overrides[embed_name.removeprefix(prefix)] = dense[embed_name]
+        handle = None if tied else embed.register_forward_hook(lambda mod, args, out: out @ U[0])
         try:
             out = functional_call(backbone, overrides, args=(), kwargs={"input_ids": ids, "use_cache": False},
                                   strict=False)
         finally:
-            handle.remove()
-        z = out.last_hidden_state @ U[-1].t()
+            if handle is not None:
+                handle.remove()
+        z = out.last_hidden_state if tied else out.last_hidden_state @ U[-1].t()
         loss, kl, mse = _loss(head, z.float(), z_dense, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
