@@ -12,10 +12,11 @@ from .errors import UsageError  # noqa: E402
 from .models import get_adapter, load_model  # noqa: E402
 from .patterns import Pattern  # noqa: E402
 from .pruners import (FistaConfig, LosaConfig, MagnitudeConfig, PruneConfig, RotPrunerConfig,  # noqa: E402
-                      SparseGPTConfig, WandaConfig)
+                      RotPrunerStructuredConfig, SliceGPTConfig, SparseGPTConfig, WandaChannelsConfig,
+                      WandaConfig)
 
 __all__ = [
     "FistaConfig", "LosaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "RotPrunerConfig",
-    "SparseGPTConfig", "UsageError", "WandaConfig", "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune",
-    "get_adapter", "load_model", "prune",
+    "RotPrunerStructuredConfig", "SliceGPTConfig", "SparseGPTConfig", "UsageError", "WandaChannelsConfig", "WandaConfig",
+    "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune", "get_adapter", "load_model", "prune",
 ]

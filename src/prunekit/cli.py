@@ -18,9 +18,10 @@ import torch
 from . import __version__, api, parallel
 from .data import NAMES
 from .errors import UsageError
-from .export import save_compact
+from .export import save_compact, save_sliced
 from .eval import zeroshot
 from .eval.table import results_table
+from .methods.slicegpt.layers import is_sliced, parameter_count
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
@@ -220,6 +221,8 @@ def cmd_prune(args) -> int:
     extra_specs, task_names = api.split_tasks(_eval_specs(args.eval_tasks))
     eval_specs = _eval_specs(args.eval_data) + extra_specs
     _check_data_paths([args.calib_data, *eval_specs])
+    if args.save_format == "compact" and getattr(config, "slicing", None) is not None:
+        raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
     check_output_dir(args.output, args.overwrite)
     if getattr(config, "parallel_layers", False):
         device = parallel.init(device)  # under torchrun: join the process group, take this rank's GPU
@@ -232,6 +235,8 @@ def cmd_prune(args) -> int:
     with atomic_output_dir(args.output, args.overwrite) as tmp:
         model, tokenizer = load_model(args.model, dtype, device)
         get_adapter(model)  # unsupported architecture → error before any long work
+        if hasattr(config, "check_model"):  # a method that serves fewer architectures says so now
+            config.check_model(model)
         bos = api.bos_id(model, tokenizer, args.eval_bos)
         calib, calib_text = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
         _log(f"calibration data: {calib_text.source} ({args.nsamples} windows of {args.seqlen} tokens, seed {args.seed})")
@@ -243,6 +248,7 @@ def cmd_prune(args) -> int:
         suite = dict(device=device, batch_size=args.eval_batch_size, bos=bos, limit=args.limit, progress=progress)
         if (sets or tasks) and not args.skip_dense_eval:
             evaluations["dense"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
+        parameters_before = parameter_count(model)
         t0 = time.perf_counter()
         result = api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=progress,
                            checkpoint_dir=args.checkpoint_dir, tokenizer=tokenizer)
@@ -264,6 +270,7 @@ def cmd_prune(args) -> int:
             "calibration": {"data": calib_text.source, "nsamples": args.nsamples, "seqlen": args.seqlen,
                             "seed": args.seed, "bos": bos is not None},
             "evaluation": _evaluation_settings(args, sets, tasks, bos),
+            "parameters": {"before": parameters_before, "after": parameter_count(model)},
             "ppl": ppl,
             "zero_shot": {column: e["zero_shot"] for column, e in evaluations.items() if e["zero_shot"]},
             "zero_shot_mean": {column: e["zero_shot_mean"] for column, e in evaluations.items()
@@ -277,7 +284,9 @@ def cmd_prune(args) -> int:
             report["details"] = result.details
         if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
             report["saved_extra"] = extra
-        if args.save_format == "compact":
+        if is_sliced(model):
+            report["saved"] = save_sliced(model, tmp, tokenizer)
+        elif args.save_format == "compact":
             report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
         else:
             model.save_pretrained(tmp)

@@ -123,3 +123,74 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model.to(device).eval()
+
+
+# Sliced format (SliceGPT, RotPruner-structured) — a model directory holding
+#   config.json           the ORIGINAL architecture's config plus a block
+#                         "prunekit_sliced": {"version": 1, "hidden_size": d, "dims": [k_a^0, k_m^0, ..., k_a^L],
+#                                             "tied": bool}
+#                         (the kept width of the embeddings/attention input of each layer, of each MLP input,
+#                         and of the head's input: 2L + 1 numbers; "tied": the embedding table stays whole and
+#                         shared with the head, with `model.layers.0.in_proj` [d, k_a^0] and
+#                         `model.norm.out_proj` [k_a^L, d]; the head is then not stored)
+#   model.safetensors     every tensor with its sliced shape, under the original names, plus per layer
+#                         `model.layers.<i>.attn_shortcut` [k_a^i, k_m^i] and `.mlp_shortcut` [k_m^i, k_a^{i+1}]
+#   tokenizer files, generation_config.json
+# `load_sliced_dir` builds the original architecture, gives it the sliced shapes
+# (prunekit.methods.slicegpt.layers.restructure) and loads the state dict strictly.
+SLICED_KEY = "prunekit_sliced"
+
+
+def is_sliced_dir(directory: str | Path) -> bool:
+    path = Path(directory) / "config.json"
+    try:
+        return path.is_file() and SLICED_KEY in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def save_sliced(model: nn.Module, directory: str | Path, tokenizer=None) -> dict:
+    """Write a sliced model (see above); returns {"format": "sliced", "bytes": size of the weights}."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():  # a tied head is stored once, under the table's name
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        state[name] = t.detach().cpu().contiguous()
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt", "prunekit": "sliced"})
+    return {"format": "sliced", "bytes": (directory / "model.safetensors").stat().st_size}
+
+
+def load_sliced_dir(directory: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The sliced model saved in `directory`, in eval mode (on the CPU)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from .methods.slicegpt.layers import restructure
+
+    directory = Path(directory)
+    config = AutoConfig.from_pretrained(directory)
+    state = load_file(directory / "model.safetensors")
+    dtype = dtype or next(iter(state.values())).dtype
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model._prunekit_rotation_invariant = True  # the norms are folded: restructure keeps RMSN without weights
+    info = getattr(config, SLICED_KEY)
+    restructure(model, info["dims"], tied=info.get("tied", False))
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    if info.get("tied", False):
+        missing = [name for name in missing if name != "lm_head.weight"]  # shares the table's storage
+    if missing or unexpected:
+        raise ValueError(f"{directory}: sliced weights do not match prunekit_sliced (missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]})")
+    return model.eval()

@@ -123,8 +123,11 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 
     torch_dtype = parse_dtype(dtype)
     source = resolve_model(spec)
-    from ..export import is_compact, load_compact
+    from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 
+    if is_sliced_dir(source):  # SliceGPT / RotPruner-structured: shapes differ from the config's
+        model = load_sliced_dir(source, torch_dtype)
+        return model.to(device), AutoTokenizer.from_pretrained(source)
     if is_compact(source):  # prunekit's compact format: packed sparse weights, restored bit for bit
         model = load_compact(source).to(torch_dtype)
         return model.to(device), AutoTokenizer.from_pretrained(source)

@@ -1,0 +1,99 @@
+"""SliceGPT's and RotPruner-structured's settings (every field is also a `prunekit prune` flag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...pruners.base import PruneConfig
+from ...rotation.stiefel import OPTIMIZERS
+from ..rotpruner.config import SCHEDULES, _one_of
+
+
+@dataclass
+class SliceGPTConfig(PruneConfig):
+    """SliceGPT (Ashkboos et al., "SliceGPT: Compress Large Language Models by Deleting Rows and Columns",
+    ICLR 2024): make the model rotation-invariant, rotate each block's residual-stream input onto the
+    principal directions of its calibration signal (sequentially, through the already-sliced blocks) and
+    delete the `slicing` fraction of directions of least energy. Embeddings, every operator that reads or
+    writes the residual stream and the head shrink; consecutive bases are joined by shortcut matrices.
+    `sparsity` is ignored (set to `slicing` for the report); the pattern must be unstructured."""
+
+    method = "slicegpt"
+    supports_checkpoint = False
+    slicing: float = field(default=0.25, metadata={"help": "fraction of the hidden dimension removed, in [0, 1)"})
+    round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
+    keep_tied: bool = field(default=True, metadata={
+        "flag": "--no-keep-tied",
+        "help": "tied input/output embeddings: keep the shared table whole and add a d×k projection at each end "
+                "(--no-keep-tied: untie, slice both as in the paper)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pattern.is_nm:
+            raise ValueError(f"--method {self.method} removes whole dimensions: use --slicing, not --pattern "
+                             f"{self.pattern}")
+        if not 0 <= self.slicing < 1:
+            raise ValueError(f"--slicing must lie in [0, 1), got {self.slicing}")
+        if self.round_to <= 0:
+            raise ValueError(f"--round-to must be a positive integer, got {self.round_to}")
+        self.sparsity = float(self.slicing)
+
+    def check_model(self, model) -> None:
+        """A UsageError for architectures slicing does not support (before calibration starts)."""
+        from .layers import check_sliceable
+
+        check_sliceable(model)
+
+    def make_pruner(self, in_features, device):
+        raise NotImplementedError(f"{self.method} is a whole-model method: use prunekit.prune / config.apply")
+
+    def apply(self, model, calib, *, tokenizer=None, **engine_options):
+        """Rotate and slice `model` in place; returns a SlicedResult (parameter counts before/after)."""
+        from .attach import slicegpt
+
+        return slicegpt(model, self, calib, **engine_options)
+
+
+@dataclass
+class RotPrunerStructuredConfig(SliceGPTConfig):
+    """RotPruner's loss and optimizer on SliceGPT's structure ("rotpruner-structured").
+
+    Starts from SliceGPT's PCA bases U_a^0, U_m^0, ..., U_a^L (each d × k, orthonormal columns: only the
+    kept directions of each block's rotation matter) and fine-tunes all of them jointly, on the Stiefel
+    manifold St(d, k) with geoopt's Cayley optimizers, to minimise KL(p_dense ‖ p_sliced) of the next-token
+    distributions on calibration windows, the sliced model being a differentiable function of the bases
+    (weights frozen). Then slices with the learned bases. `--steps` optimizer steps of `--train-batch`
+    windows of `--train-seqlen` tokens."""
+
+    method = "rotpruner-structured"
+    steps: int = field(default=50, metadata={"help": "optimizer steps; 0 = --epochs passes"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training windows (ignored with --steps)"})
+    train_samples: int = field(default=0, metadata={"help": "calibration windows used to learn Q; 0 = all"})
+    train_seqlen: int = field(default=0, metadata={"help": "tokens of each window used to learn Q (a prefix); 0 = all"})
+    train_batch: int = field(default=1, metadata={"help": "windows per optimizer step"})
+    optimizer: str = field(default="cayley-adam", metadata={"help": "cayley-sgd (with momentum) or cayley-adam"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of the rotation (Cayley Adam: step length)"})
+    momentum: float = field(default=0.9, metadata={"help": "Cayley SGD momentum (Cayley Adam: beta1)"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine (to 0) or constant"})
+    kl_weight: float = field(default=1.0, metadata={
+        "help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
+    mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
+    train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("--optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("--schedule", self.schedule, SCHEDULES)
+        for name in ("steps", "train_samples", "train_seqlen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.train_batch <= 0:
+            raise ValueError(f"--train-batch must be a positive integer, got {self.train_batch}")
+        if self.epochs <= 0 and self.steps == 0:
+            raise ValueError(f"--epochs must be positive (or pass --steps), got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        if self.kl_weight < 0 or self.mse_weight < 0 or self.kl_weight + self.mse_weight == 0:
+            raise ValueError("--kl-weight and --mse-weight must be >= 0 and not both 0")

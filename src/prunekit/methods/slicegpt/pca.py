@@ -1,0 +1,102 @@
+"""SliceGPT's bases: per block, the principal directions of the residual stream on calibration data.
+
+For the signal X (tokens × d) read by a block, C = Σ n(x)ᵀ n(x) over the calibration tokens, n the
+(folded, unit-scale) RMSNorm, eigendecomposed in float64: C = Q Λ Qᵀ with λ₁ ≥ … ≥ λ_d, and U = Q[:, :k]
+keeps the k directions of largest energy (Ashkboos et al. 2024, §3.3, eq. 9).
+
+Sequential scheme (the paper's): every signal is computed by the ALREADY SLICED earlier blocks. Slicing
+with basis U is, in the original coordinates, the projection P = U Uᵀ of the residual stream where the
+basis changes, and the sliced norm RMSN(x U) equals the dense norm of the projected x U Uᵀ
+(layers.py), so the pass runs the dense folded layer's own modules on projected signals:
+
+    h_0 = P_a^0 emb
+    m   = P_m^l (h + attn(n(h)))        U_m^l from the PCA of m before the projection
+    h'  = P_a^{l+1} (m + mlp(n(m)))     U_a^{l+1} from the PCA of h' before the projection
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ...engine import capture_inputs
+from ...models.adapters import get_adapter
+
+
+def sliced_width(d: int, slicing: float, round_to: int = 1) -> int:
+    """k = d − slicing·d, rounded to the nearest multiple of `round_to` (kernels like widths that are
+    multiples of 8), at least `round_to` and at most d."""
+    k = d * (1.0 - slicing)
+    k = int(round(k / round_to)) * round_to
+    return max(min(k, d), min(round_to, d))
+
+
+def _normed(h: torch.Tensor, eps: float) -> torch.Tensor:
+    h = h.double()
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class _Covariance:
+    """C = Σ n(x)ᵀ n(x) in float64, batch by batch."""
+
+    def __init__(self, d: int, eps: float):
+        self.C, self.eps = torch.zeros(d, d, dtype=torch.float64), eps
+
+    def add(self, h: torch.Tensor) -> None:
+        x = _normed(h.reshape(-1, h.shape[-1]), self.eps).cpu()
+        self.C.addmm_(x.t(), x)
+
+    def basis(self, k: int) -> torch.Tensor:
+        """U = the k eigenvectors of largest eigenvalue (d × k, float64)."""
+        eigenvalues, Q = torch.linalg.eigh(self.C)
+        order = torch.argsort(eigenvalues, descending=True)
+        return Q[:, order[:k]].contiguous()
+
+
+@torch.no_grad()
+def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch_size: int = 8,
+              progress: bool = True) -> list[torch.Tensor]:
+    """[U_a^0, U_m^0, ..., U_a^L] (float64, d × k) of a rotation-invariant Llama-family model."""
+    adapter = get_adapter(model)
+    eps = float(getattr(model.config, "rms_norm_eps", 1e-6))
+    d = model.config.hidden_size
+    inputs = capture_inputs(adapter, calib, device, "cpu", batch_size, progress)
+    hidden = inputs.hidden  # [n, T, d], projected in place as we go
+
+    def fit(signals) -> torch.Tensor:
+        cov = _Covariance(d, eps)
+        for s in signals:
+            cov.add(s)
+        return cov.basis(k).to(torch.float32)
+
+    def project(t: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        U = U.to(t.device)
+        return (t @ U) @ U.t()
+
+    bases = [fit(hidden.split(batch_size))]
+    for b in hidden.split(batch_size):
+        b.copy_(project(b, bases[0]))
+    for index, layer in enumerate(tqdm(adapter.layers(), desc="SliceGPT PCA", disable=not progress, leave=False)):
+        layer.to(device)
+        kwargs = inputs.kwargs[index]
+        mids = []
+        for b in hidden.split(batch_size):
+            h = b.to(device)
+            a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kwargs)
+            mids.append((h + a).cpu())
+        Um = fit(mids)
+        bases.append(Um)
+        outs = []
+        for m in mids:
+            m = project(m.to(device), Um)
+            outs.append((m + layer.mlp(layer.post_attention_layernorm(m))).cpu())
+        del mids
+        Un = fit(outs)
+        bases.append(Un)
+        start = 0
+        for o in outs:
+            hidden[start:start + o.shape[0]] = project(o, Un).to(hidden.dtype)
+            start += o.shape[0]
+        layer.to("cpu")
+    return bases

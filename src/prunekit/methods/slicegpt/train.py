@@ -1,0 +1,134 @@
+"""RotPruner-structured: SliceGPT's bases fine-tuned with RotPruner's loss (KL to the dense model).
+
+    min_{U_a^0, U_m^0, ..., U_a^L}  kl_weight · KL(p_dense ‖ p_sliced(U))
+                                    + mse_weight · ‖z(U) − z_dense‖² / ‖z_dense‖²
+    s.t.  Uᵀ U = I_k  for every basis (each on the Stiefel manifold St(d, k))
+
+p_sliced(U) is the sliced model (layers.py) with its weights written as functions of the bases and the
+frozen dense weights; z(U) = n(h_L) (U_a^L)ᵀ its final hidden state taken back to the original basis, so
+the dense head gives its logits. Cayley SGD / Adam steps from geoopt (rotation/stiefel.py), loss and
+schedule from RotPruner (methods/rotpruner/train.py). Starts from the PCA bases.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ...models.adapters import get_adapter
+from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
+from ..rotpruner.train import TrainingLog, _cosine, _loss, _mean
+from .layers import restructure, sliced_tensors
+
+
+class _DenseHead:
+    """What RotPruner's `_loss` needs: logits of final hidden states in the original basis."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.weight.t()
+
+
+def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor], windows: torch.Tensor,
+                config, device, progress: bool = True,
+                tied_scale: torch.Tensor | None = None) -> tuple[list[torch.Tensor], TrainingLog]:
+    """Learn the bases on `windows` (the first `train_samples`, prefix of `train_seqlen` tokens) from the
+    PCA bases; `dense` = layers.dense_tensors of the rotation-invariant model. Leaves `model` restructured
+    to the sliced shapes with placeholder weights: `load_sliced(model, sliced_tensors(...))` after."""
+    device = torch.device(device)
+    adapter = get_adapter(model)
+    windows = windows[: config.train_samples or windows.shape[0]]
+    n, seqlen = windows.shape
+    tokens = min(config.train_seqlen or seqlen, seqlen)
+    steps = config.steps or max(1, round(config.epochs * n / config.train_batch))
+    log = TrainingLog(steps=steps, tokens_per_step=tokens * config.train_batch)
+
+    model.to(device)
+    model.requires_grad_(False)
+    backbone = adapter.backbone
+    t0 = time.perf_counter()
+    with torch.no_grad():  # the dense teacher's final hidden states (the folded final norm has unit scale)
+        z_teacher = torch.cat([backbone(input_ids=b.to(device), use_cache=False).last_hidden_state.cpu()
+                               for b in windows[:, :tokens].split(config.train_batch)])
+    log.teacher_seconds = time.perf_counter() - t0
+    dense = {name: t.to(device, torch.float32) for name, t in dense.items()}
+    tied = tied_scale is not None
+    restructure(model, [b.shape[1] for b in bases], tied=tied)
+    model.to(device)
+    model.requires_grad_(False)
+    head = _DenseHead(dense[adapter.head_path + ".weight"])
+    embed_name = adapter.embedding_paths[0] + ".weight"
+    names = {id(m): name for name, m in model.named_modules()}
+    prefix = names[id(backbone)] + "." if names[id(backbone)] else ""
+    embed = model.get_submodule(adapter.embedding_paths[0])
+
+    geoopt = _geoopt()
+    frames = [geoopt.ManifoldParameter(b.detach().to(device, torch.float64).clone(), manifold=geoopt.CanonicalStiefel())
+              for b in bases]
+    optimizer = make_optimizer(config.optimizer, frames, config.lr, config.momentum)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine(steps) if config.schedule == "cosine" else (lambda step: 1.0))
+    generator = torch.Generator().manual_seed(config.train_seed)
+    order: list[int] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = tqdm(range(steps), desc=f"learning bases (slicing {config.slicing})", disable=not progress)
+    for step in bar:
+        t1 = time.perf_counter()
+        while len(order) < config.train_batch:
+            order += torch.randperm(n, generator=generator).tolist()
+        batch, order = order[:config.train_batch], order[config.train_batch:]
+        ids = windows[batch, :tokens].to(device)
+        z_dense = z_teacher[batch].to(device)
+
+        U = [f.float() for f in frames]
+        overrides = {name.removeprefix(prefix): t for name, t in sliced_tensors(model, dense, U, False).items()}
+        if tied:  # the whole table stays; layer 0 projects on U_a^0, the final norm maps back by (U_a^L)ᵀ
+            overrides[adapter.layer_prefix(0).removeprefix(prefix) + ".in_proj"] = U[0]
+            overrides[adapter.final_norm_path.removeprefix(prefix) + ".out_proj"] = U[-1].t()
+        else:
+            overrides[embed_name.removeprefix(prefix)] = dense[embed_name]
+        handle = None if tied else embed.register_forward_hook(lambda mod, args, out: out @ U[0])
+        try:
+            out = functional_call(backbone, overrides, args=(), kwargs={"input_ids": ids, "use_cache": False},
+                                  strict=False)
+        finally:
+            if handle is not None:
+                handle.remove()
+        z = out.last_hidden_state if tied else out.last_hidden_state @ U[-1].t()
+        loss, kl, mse = _loss(head, z.float(), z_dense, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step == 0:
+            log.grad_norm_first = float(sum(f.grad.pow(2).sum() for f in frames).sqrt())
+        optimizer.step()
+        schedule.step()
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.step_seconds.append(time.perf_counter() - t1)
+        log.loss.append(float(loss.detach()))
+        log.kl.append(kl)
+        log.mse.append(mse)
+        if step % 10 == 0 or step == steps - 1:
+            log.max_orthonormality_error = max(log.max_orthonormality_error,
+                                               max(orthonormality_error(f) for f in frames))
+            bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
+
+    if device.type == "cuda":
+        log.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+        log.peak_memory_kind = "cuda max_memory_allocated"
+    else:
+        log.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        log.peak_memory_kind = "process peak RSS"
+    learned = [f.detach().cpu().clone() for f in frames]
+    model.to("cpu")
+    return learned, log
