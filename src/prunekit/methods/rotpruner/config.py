@@ -64,19 +64,7 @@ class RotPrunerConfig(PruneConfig):
         _one_of("--schedule", self.schedule, SCHEDULES)
         _one_of("--ste", self.ste, STE_MODES)
         _one_of("--train-dtype", self.train_dtype, TRAIN_DTYPES)
-        for name in ("steps", "train_samples", "train_seqlen"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.train_batch <= 0:
-            raise ValueError(f"--train-batch must be a positive integer, got {self.train_batch}")
-        if self.epochs <= 0 and self.steps == 0:
-            raise ValueError(f"--epochs must be positive (or pass --steps), got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
-        if self.kl_weight < 0 or self.mse_weight < 0 or self.kl_weight + self.mse_weight == 0:
-            raise ValueError("--kl-weight and --mse-weight must be >= 0 and not both 0")
+        check_training(self)
         self.base_config()  # N:M and blocksize checks of the base pruner
 
     def base_config(self) -> PruneConfig:
@@ -99,3 +87,20 @@ class RotPrunerConfig(PruneConfig):
 def _one_of(flag: str, value: str, choices) -> None:
     if value not in choices:
         raise ValueError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+
+
+def check_training(cfg) -> None:
+    """The checks shared by every config that learns rotations (budget, optimizer, loss weights)."""
+    for name in ("steps", "train_samples", "train_seqlen"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.train_batch <= 0:
+        raise ValueError(f"--train-batch must be a positive integer, got {cfg.train_batch}")
+    if cfg.epochs <= 0 and cfg.steps == 0:
+        raise ValueError(f"--epochs must be positive (or pass --steps), got {cfg.epochs}")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.momentum < 1:
+        raise ValueError(f"--momentum must lie in [0, 1), got {cfg.momentum}")
+    if cfg.kl_weight < 0 or cfg.mse_weight < 0 or cfg.kl_weight + cfg.mse_weight == 0:
+        raise ValueError("--kl-weight and --mse-weight must be >= 0 and not both 0")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ...pruners.base import PruneConfig
 from ...rotation.stiefel import OPTIMIZERS
-from ..rotpruner.config import SCHEDULES, _one_of
+from ..rotpruner.config import SCHEDULES, _one_of, check_training
 
 
 @dataclass
@@ -84,16 +84,4 @@ class RotPrunerStructuredConfig(SliceGPTConfig):
         super().__post_init__()
         _one_of("--optimizer", self.optimizer, OPTIMIZERS)
         _one_of("--schedule", self.schedule, SCHEDULES)
-        for name in ("steps", "train_samples", "train_seqlen"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.train_batch <= 0:
-            raise ValueError(f"--train-batch must be a positive integer, got {self.train_batch}")
-        if self.epochs <= 0 and self.steps == 0:
-            raise ValueError(f"--epochs must be positive (or pass --steps), got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
-        if self.kl_weight < 0 or self.mse_weight < 0 or self.kl_weight + self.mse_weight == 0:
-            raise ValueError("--kl-weight and --mse-weight must be >= 0 and not both 0")
+        check_training(self)
