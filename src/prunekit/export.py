@@ -41,10 +41,8 @@ def _scheme(t: torch.Tensor) -> str:
     return min(size, key=size.get)  # on a tie the first: 2:4 (it also runs fast), then bitmask
 
 
-def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dict:
-    """Write `model` in the compact format; returns {"bytes": file size, "dense_bytes": size unpacked}."""
-    from safetensors.torch import save_file
-
+def _write_model_files(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+    """config.json, generation_config.json and the tokenizer files into `directory` (created): all but the weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
@@ -52,6 +50,14 @@ def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dic
         model.generation_config.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+    return directory
+
+
+def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dict:
+    """Write `model` in the compact format; returns {"bytes": file size, "dense_bytes": size unpacked}."""
+    from safetensors.torch import save_file
+
+    directory = _write_model_files(model, directory, tokenizer)
     tensors, layout, tied, seen = {}, {}, {}, {}
     dense_bytes = 0
     for name, t in model.state_dict().items():
@@ -153,13 +159,7 @@ def save_sliced(model: nn.Module, directory: str | Path, tokenizer=None) -> dict
     """Write a sliced model (see above); returns {"format": "sliced", "bytes": size of the weights}."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+    directory = _write_model_files(model, directory, tokenizer)
     state, seen = {}, set()
     for name, t in model.state_dict().items():  # a tied head is stored once, under the table's name
         if t.data_ptr() in seen:

@@ -121,6 +121,22 @@ def _cosine(total: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def lr_schedule(optimizer, schedule: str, steps: int):
+    """`cosine` (to 0 over `steps`) or `constant` learning rate, as a LambdaLR on `optimizer`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps) if schedule == "cosine" else (lambda step: 1.0))
+
+
+def window_batches(n: int, batch: int, seed: int):
+    """Endless batches of `batch` window indices out of `n`: seeded random permutations, one after another."""
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while True:
+        while len(order) < batch:
+            order += torch.randperm(n, generator=generator).tolist()
+        yield order[:batch]
+        order = order[batch:]
+
+
 def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor,
                    teacher: Teacher, rule: MaskRule, config, device, progress: bool = True) -> tuple[Rotation, TrainingLog]:
     """Learn Q on `windows` [n, seqlen] (their prefix of `config.train_seqlen` tokens); returns the
@@ -135,8 +151,7 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     model.requires_grad_(False)
     rotation = Rotation(stream.width, stream.ones_fixed).to(device)
     optimizer = make_optimizer(config.optimizer, rotation.parameters(), config.lr, config.momentum)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine(steps) if config.schedule == "cosine" else (lambda step: 1.0))
+    schedule = lr_schedule(optimizer, config.schedule, steps)
     view = RotatedForward(model, stream, adapter.backbone)
     group_of = {name: g for g in teacher.groups for name in g.names}
     reader_G = [g for g in teacher.groups if g.rotates and g.G is not None]
@@ -145,17 +160,14 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     bf16 = config.train_dtype == "bfloat16"
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = config.train_dtype == "tf32"
-    generator = torch.Generator().manual_seed(config.train_seed)
-    order: list[int] = []
+    batches = window_batches(n, config.train_batch, config.train_seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     bar = tqdm(range(steps), desc=f"learning Q ({config.base_pruner} {config.pattern})", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
-        while len(order) < config.train_batch:
-            order += torch.randperm(n, generator=generator).tolist()
-        batch, order = order[:config.train_batch], order[config.train_batch:]
+        batch = next(batches)
         ids = windows[batch, :tokens].to(device)
         z_dense = teacher.z[batch, :tokens].to(device)
 

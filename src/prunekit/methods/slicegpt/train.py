@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ...models.adapters import get_adapter
 from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
-from ..rotpruner.train import TrainingLog, _cosine, _loss, _mean
+from ..rotpruner.train import TrainingLog, _loss, _mean, lr_schedule, window_batches
 from .layers import restructure, sliced_tensors
 
 
@@ -73,19 +73,15 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     frames = [geoopt.ManifoldParameter(b.detach().to(device, torch.float64).clone(), manifold=geoopt.CanonicalStiefel())
               for b in bases]
     optimizer = make_optimizer(config.optimizer, frames, config.lr, config.momentum)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine(steps) if config.schedule == "cosine" else (lambda step: 1.0))
-    generator = torch.Generator().manual_seed(config.train_seed)
-    order: list[int] = []
+    schedule = lr_schedule(optimizer, config.schedule, steps)
+    batches = window_batches(n, config.train_batch, config.train_seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     bar = tqdm(range(steps), desc=f"learning bases (slicing {config.slicing})", disable=not progress)
     for step in bar:
         t1 = time.perf_counter()
-        while len(order) < config.train_batch:
-            order += torch.randperm(n, generator=generator).tolist()
-        batch, order = order[:config.train_batch], order[config.train_batch:]
+        batch = next(batches)
         ids = windows[batch, :tokens].to(device)
         z_dense = z_teacher[batch].to(device)
 
