@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from parity import protocol_q  # noqa: E402
-from prunekit import evaluate, load_model, prune  # noqa: E402
+from parity import protocol_q, wiki_ppl  # noqa: E402
+from prunekit import load_model, prune  # noqa: E402
 from prunekit.pruners import CONFIGS  # noqa: E402
 
 CELLS = [
@@ -56,15 +56,6 @@ def parse_cell(cell: str):
         options[key] = (value.lower() in ("1", "true", "yes")) if kind in (bool, "bool") else \
             {"int": int, "float": float}.get(kind, str)(value)
     return method, pattern, options
-
-
-def wiki_ppl(model, sets, device: str) -> float:
-    """Protocol Q perplexity with the whole model on `device` (pruning keeps it on the CPU)."""
-    model.to(device)
-    try:
-        return evaluate(model, sets, device=device, progress=False)[0]["wikitext2"]
-    finally:
-        model.to("cpu")
 
 
 def main() -> None:

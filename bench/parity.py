@@ -31,12 +31,23 @@ CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt:unstructured", "sparsegpt
 CONFIGS = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
 
 
-def protocol_q(tokenizer, data_dir: Path):
+def protocol_q(tokenizer, data_dir: Path, nsamples: int = 128, eval_windows: int = 40):
+    """Protocol Q's calibration windows (nsamples × 512 of wiki.valid.tokens, seed 0) and its evaluation set
+    (the first eval_windows × 1024 tokens of wiki.test.raw), as {"wikitext2": (windows, None)}."""
     calib_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.valid.tokens"))
     eval_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.test.raw"))
-    calib = calibration_windows(calib_ids, 128, 512, seed=0)
-    windows = evaluation_windows(eval_ids, 1024, 40)
+    calib = calibration_windows(calib_ids, nsamples, 512, seed=0)
+    windows = evaluation_windows(eval_ids, 1024, eval_windows)
     return calib, {"wikitext2": (windows, None)}
+
+
+def wiki_ppl(model, sets, device: str) -> float:
+    """Protocol Q perplexity with the whole model on `device` (pruning keeps it on the CPU)."""
+    model.to(device)
+    try:
+        return evaluate(model, sets, device=device, progress=False)[0]["wikitext2"]
+    finally:
+        model.to("cpu")
 
 
 def main() -> None:

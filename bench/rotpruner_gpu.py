@@ -30,27 +30,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from prunekit import RotPrunerConfig, evaluate, load_model, prune  # noqa: E402
-from prunekit.data import calibration_windows, evaluation_windows, read_text_file, tokenize  # noqa: E402
+from prunekit import RotPrunerConfig, load_model, prune  # noqa: E402
+from parity import protocol_q, wiki_ppl  # noqa: E402
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt-noupdate:unstructured", "sparsegpt-noupdate:2:4",
          "magnitude:unstructured", "magnitude:2:4"]
 TUNABLE = ("epochs", "steps", "lr", "momentum", "optimizer", "train_samples", "train_seqlen", "train_batch",
            "kl_weight", "mse_weight", "ste", "srste_decay", "train_dtype", "schedule")
-
-
-def protocol_q(tokenizer, data_dir: Path, nsamples: int, eval_windows: int = 40):
-    calib_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.valid.tokens"))
-    eval_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.test.raw"))
-    calib = calibration_windows(calib_ids, nsamples, 512, seed=0)
-    return calib, {"wikitext2": (evaluation_windows(eval_ids, 1024, eval_windows), None)}
-
-
-def ppl_of(model, sets, device) -> float:
-    model.to(device)
-    value = evaluate(model, sets, device, progress=False)[0]["wikitext2"]
-    model.to("cpu")
-    return value
 
 
 def main() -> None:
@@ -75,7 +61,7 @@ def main() -> None:
     dense, tokenizer = load_model(args.model)
     calib, sets = protocol_q(tokenizer, Path(args.data), args.nsamples, args.eval_windows)
     t0 = time.perf_counter()
-    dense_ppl = ppl_of(dense, sets, args.device)
+    dense_ppl = wiki_ppl(dense, sets, args.device)
     env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(), "dense_ppl": dense_ppl,
            "eval_seconds": time.perf_counter() - t0}
@@ -92,13 +78,13 @@ def main() -> None:
             t0 = time.perf_counter()
             prune(model, config.base_config(), calib, device=args.device, progress=False)
             row["base_seconds"] = time.perf_counter() - t0
-            row["base_ppl"] = ppl_of(model, sets, args.device)
+            row["base_ppl"] = wiki_ppl(model, sets, args.device)
             del model
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         result = prune(model, config, calib, device=args.device, progress=False)
         row["rot_seconds"] = time.perf_counter() - t0
-        row["rot_ppl"] = ppl_of(model, sets, args.device)
+        row["rot_ppl"] = wiki_ppl(model, sets, args.device)
         row["achieved_sparsity"] = result.achieved_sparsity
         row["details"] = result.details["rotpruner"]
         row["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k in TUNABLE}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
-from rotpruner_gpu import ppl_of, protocol_q  # noqa: E402
+from parity import protocol_q, wiki_ppl  # noqa: E402
 from slicegpt_speed import measure  # noqa: E402
 
 TUNABLE = ("steps", "lr", "optimizer", "momentum", "schedule", "train_samples", "train_seqlen", "train_batch",
@@ -67,7 +67,7 @@ def main() -> None:
         return result
 
     env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-           "torch": torch.__version__, "model": args.model, "dense_ppl": ppl_of(dense, sets, args.device),
+           "torch": torch.__version__, "model": args.model, "dense_ppl": wiki_ppl(dense, sets, args.device),
            "dense_parameters": sum(p.numel() for p in dense.parameters())}
     env["dense_speed"] = speed_of(dense)
     print(json.dumps(env), flush=True)
@@ -82,7 +82,7 @@ def main() -> None:
             t0 = time.perf_counter()
             result = prune(model, config, calib, device=args.device, progress=False)
             row = {"method": method, "slicing": slicing, "seconds": time.perf_counter() - t0,
-                   "ppl": ppl_of(model, sets, args.device), "details": result.details[method]}
+                   "ppl": wiki_ppl(model, sets, args.device), "details": result.details[method]}
             row["speed"] = speed_of(model)
             del model
             if args.device.startswith("cuda"):
