@@ -116,3 +116,12 @@ def write_arc(folder, n=3):
              "choices": {"text": ["one", "two", "three"], "label": ["A", "B", "C"]}} for i in range(n)]
     (folder / "arc_easy.test.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
     return folder
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `prunekit ARGV` run in-process."""
+    from prunekit.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -5,16 +5,10 @@ import sys
 import pytest
 import torch
 
-from conftest import random_windows, tiny_llama, write_arc
+from conftest import random_windows, run_cli as run, tiny_llama, write_arc
 from prunekit import SparseGPTConfig, get_adapter, prune
 from prunekit.cli import main
 from prunekit.patterns import max_nonzeros_per_group
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def small_prune_args(model_dir, text_file, output, *extra):

@@ -2,16 +2,10 @@ import json
 
 import pytest
 
-from prunekit.cli import main
+from conftest import run_cli as run
 
 LOSA_SMALL = ["--train-tokens", 128, "--train-seqlen", 32, "--train-batch-size", 2, "--rank", 2,
               "--rmi-tokens", 32, "--feature-windows", 2]
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def prune_args(model_dir, text_file, output, *extra):
