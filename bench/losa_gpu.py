@@ -34,6 +34,7 @@ VARIANTS = {
     "losa": dict(),
     "losa-no-rmi": dict(rmi=False),
     "losa-no-ranks": dict(rank_allocation=False),
+    "losa-local-ranks": dict(rank_error="local"),
 }
 
 
@@ -96,7 +97,7 @@ def run_variant(variant, pattern, args, calib, sets):
     row = {"variant": variant, "pattern": pattern, "ppl": ppl["wiki.test"], "achieved_sparsity": result.achieved_sparsity,
            "seconds": seconds, "eval_seconds": eval_seconds, "peak_mb": peak_mb(args.device),
            "mask_check": details.get("mask_check"), "unmerged": variant == "dense-lora",
-           "stages": [{k: s[k] for k in ("stage", "sparsity", "seconds_rmi", "seconds_prune", "peak_memory_mb", "ranks")}
+           "stages": [{k: s[k] for k in ("stage", "sparsity", "seconds_rmi", "seconds_prune", "peak_memory_mb", "ranks", "recon_error")}
                       | {"seconds_train": s["train"]["seconds"], "train_tokens": s["train"]["tokens"],
                          "loss_first": s["train"]["loss_first"], "loss_last": s["train"]["loss_last"],
                          "rate_min": min(s["layer_sparsity"]), "rate_max": max(s["layer_sparsity"])}

@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--speed-batches", default="1,16", help="batch sizes of the speed test; '' skips it")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--speed-dtype", default="float16", help="dtype of the speed test (quality runs are fp32)")
     parser.add_argument("--json", help="write all results here")
     defaults = RotPrunerStructuredConfig(steps=200)
     for name in TUNABLE:
@@ -60,16 +61,18 @@ def main() -> None:
     batches = [int(b) for b in args.speed_batches.split(",") if b.strip()]
 
     def speed_of(model) -> dict | None:
+        """Speed of `model` converted to --speed-dtype (in place: call it last on a model)."""
         if not batches:
             return None
+        model.to(getattr(torch, args.speed_dtype))
         result = measure(model, args.device, batches, args.prompt_len, args.gen_len, repeats=5)
         model.to("cpu")
-        return result
+        return result | {"dtype": args.speed_dtype}
 
     env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
            "torch": torch.__version__, "model": args.model, "dense_ppl": wiki_ppl(dense, sets, args.device),
            "dense_parameters": sum(p.numel() for p in dense.parameters())}
-    env["dense_speed"] = speed_of(dense)
+    env["dense_speed"] = speed_of(copy.deepcopy(dense))
     print(json.dumps(env), flush=True)
 
     overrides = {name: getattr(args, name) for name in TUNABLE}

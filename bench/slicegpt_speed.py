@@ -4,55 +4,27 @@
     python bench/slicegpt_speed.py --model /tmp/slice20            [--prompt-len 256 --gen-len 32 --json out.json]
 
 Prefill: one forward pass over `batch × prompt_len` random tokens (tokens/s = batch·prompt_len / time).
-Decode: `gen_len` single-token steps with the KV cache after that prefill (tokens/s = batch·gen_len / time).
-Median of `--repeats` runs after one warm-up. Peak memory: CUDA max_memory_allocated, or on the CPU the
+Decode: `gen_len` single-token steps against a static KV cache holding the prompt (tokens/s = batch / step
+time). Medians of `--repeats` runs after warm-up; on CUDA every call replays a CUDA graph.
+Peak memory: CUDA max_memory_allocated less what the process held on the GPU before the model
+moved there (prefill_peak_mb, decode_peak_mb), or on the CPU the
 process's peak RSS (so run one model per process to compare). One JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
-import statistics
-import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
 from prunekit import load_model  # noqa: E402
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def speed(model, batch: int, prompt_len: int, gen_len: int, device: str, repeats: int = 3) -> dict:
-    """{prefill_tokens_per_s, decode_tokens_per_s} (medians) for one batch size."""
-    vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
-    prefill, decode = [], []
-    for r in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True)
-        _sync(device)
-        t1 = time.perf_counter()
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(gen_len):
-            out = model(input_ids=token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        _sync(device)
-        t2 = time.perf_counter()
-        if r:  # the first run warms up
-            prefill.append(batch * prompt_len / (t1 - t0))
-            decode.append(batch * gen_len / (t2 - t1))
-    return {"batch": batch, "prefill_tokens_per_s": statistics.median(prefill),
-            "decode_tokens_per_s": statistics.median(decode)}
+from prunekit.eval.speed import measure_model  # noqa: E402
 
 
 def peak_memory(device: str) -> dict:
@@ -62,10 +34,22 @@ def peak_memory(device: str) -> dict:
 
 
 def measure(model, device: str, batches, prompt_len: int, gen_len: int, repeats: int) -> dict:
+    """prunekit.eval.speed.measure_model at each batch size: on CUDA prefill and each decode step replay a
+    CUDA graph (a static KV cache), as a serving loop would; on the CPU they run eagerly."""
+    other = 0.0
+    if device.startswith("cuda"):  # what else the process holds on the GPU is not this model's memory
+        model.to("cpu")
+        gc.collect()
+        torch.cuda.empty_cache()
+        other = torch.cuda.memory_allocated() / 2**20
     model.to(device).eval()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    rows = [speed(model, b, prompt_len, gen_len, device, repeats) for b in batches]
+    rows = [measure_model(model, b, prompt_len, gen_len, repeats=max(2, repeats)) for b in batches]
+    for row in rows:
+        for key in ("prefill_peak_mb", "decode_peak_mb"):
+            if key in row:
+                row[key] -= other
     params = sum(p.numel() for p in model.parameters())
     return {"parameters": params, "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "rows": rows, "memory": peak_memory(device), "prompt_len": prompt_len, "gen_len": gen_len,

@@ -57,6 +57,18 @@ def test_ablations_and_sparse_lora_baseline(text_file):
         assert stage["ranks"] == [4] * 4 and len(set(stage["layer_sparsity"])) == 1
 
 
+def test_local_rank_error_follows_the_operators_errors(text_file):
+    _, result = run(text_file, rank_error="local")
+    from prunekit.methods.losa.ranks import allocate_ranks
+    from prunekit.methods.losa.schedule import stage_mean_rank
+
+    stage = result.details["stages"][-1]
+    ops = [op for op in result.operators]
+    per_layer = [sum(op.recon_error for op in ops[7 * i: 7 * i + 7]) / 7 for i in range(4)]
+    assert stage["recon_error"] == pytest.approx(per_layer, rel=1e-9)
+    assert stage["ranks"] == allocate_ranks(per_layer, stage_mean_rank(2, 2, 4), 1, 16)
+
+
 def test_dense_lora_baseline_stays_unmerged(text_file, tmp_path):
     model, result = run(text_file, stages=1, adapter="dense", rmi=False, rank_allocation=False)
     ops = decoder_ops(model)
@@ -77,6 +89,7 @@ def test_two_four_pattern(text_file):
     (dict(adapter="dense"), "--stages 1"),
     (dict(rank=20), "max-rank"),
     (dict(base_pruner="losa"), "base-pruner"),
+    (dict(rank_error="total"), "rank-error"),
     (dict(train_data="/nonexistent.json"), "not found"),
 ])
 def test_bad_configs_fail_at_construction(options, message):

@@ -146,7 +146,10 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         stage["layer_sparsity"] = rates if rates is not None else [target] * L
 
         # 3. ranks from the reconstruction errors (Eq. 7) around the stage's average rank (Eq. 9)
-        errors = [reconstruction_error(d, s) for d, s in zip(dense, sparse)]
+        if config.rank_error == "local":
+            errors = layer_operator_errors(last.operators, [len(adapter.linears(layer)) for layer in layers])
+        else:
+            errors = [reconstruction_error(d, s) for d, s in zip(dense, sparse)]
         if config.rank_allocation:
             ranks = allocate_ranks(errors, stage_mean_rank(t, T, config.rank), config.min_rank, config.max_rank)
         else:
@@ -175,6 +178,16 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         result.details["mask_check"] = stage["mask_check"]
     result.details["peak_memory_mb"] = _peak_memory_mb(device)
     return result
+
+
+def layer_operator_errors(operators: list[OperatorResult], counts: list[int]) -> list[float]:
+    """Per layer, the mean relative reconstruction error ||WX − ŴX||² / ||WX||² of its operators (in the
+    engine's order: `counts[l]` operators for layer l), each on its own calibration inputs."""
+    errors, start = [], 0
+    for count in counts:
+        errors.append(sum(op.recon_error for op in operators[start:start + count]) / count)
+        start += count
+    return errors
 
 
 def _final_operators(model, adapter, last: PruneResult) -> list[OperatorResult]:

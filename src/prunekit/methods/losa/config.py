@@ -9,6 +9,7 @@ from ...pruners.base import PruneConfig
 
 ADAPTERS = ("masked", "dense")
 BASE_PRUNERS = ("wanda", "sparsegpt", "magnitude")
+RANK_ERRORS = ("output", "local")
 
 
 @dataclass
@@ -31,6 +32,11 @@ class LosaConfig(PruneConfig):
     max_rank: int = field(default=16, metadata={"help": "largest rank a layer can get"})
     rank_allocation: bool = field(default=True, metadata={
         "flag": "--no-rank-allocation", "help": "every layer keeps rank r̄ (no error-based ranks, no growth)"})
+    rank_error: str = field(default="output", metadata={
+        "help": "the error Eq. 7 ranks follow: output = each layer's output against the dense model's on the same "
+                "tokens (the paper; it accumulates with depth, so early layers get the fewest ranks); local = the "
+                "mean relative error ||WX − ŴX||² / ||WX||² of the layer's operators on their own inputs, from "
+                "this stage's pruning"})
     rmi: bool = field(default=True, metadata={
         "flag": "--no-rmi", "help": "uniform layer sparsity instead of RMI rates"})
     rmi_delta: float = field(default=0.0, metadata={
@@ -72,6 +78,8 @@ class LosaConfig(PruneConfig):
             raise ValueError(f"--rmi-delta must lie in [0, 0.5), got {self.rmi_delta}")
         if self.rmi_kernel not in ("linear", "rbf"):
             raise ValueError(f"--rmi-kernel {self.rmi_kernel!r}: choose linear or rbf")
+        if self.rank_error not in RANK_ERRORS:
+            raise ValueError(f"--rank-error {self.rank_error!r}: choose one of {', '.join(RANK_ERRORS)}")
         if self.adapter not in ADAPTERS:
             raise ValueError(f"--adapter {self.adapter!r}: choose one of {', '.join(ADAPTERS)}")
         if self.adapter == "dense" and self.stages != 1:

@@ -75,8 +75,15 @@ class SlicedLlamaLayer(nn.Module):
         if self.in_proj is not None:
             hidden_states = hidden_states @ self.in_proj.to(hidden_states.dtype)
         h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-        m = hidden_states @ self.attn_shortcut.to(hidden_states.dtype) + h
-        return m @ self.mlp_shortcut.to(m.dtype) + self.mlp(self.post_attention_layernorm(m))
+        m = _add_shortcut(h, hidden_states, self.attn_shortcut)
+        return _add_shortcut(self.mlp(self.post_attention_layernorm(m)), m, self.mlp_shortcut)
+
+
+def _add_shortcut(out: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """out + x S as one GEMM with accumulation (addmm): the residual add costs no extra kernel, so a sliced
+    layer launches as many kernels as a dense one."""
+    k = shortcut.shape[1]
+    return torch.addmm(out.reshape(-1, k), x.reshape(-1, x.shape[-1]), shortcut.to(x.dtype)).view(out.shape)
 
 
 def check_sliceable(model: nn.Module) -> None:
