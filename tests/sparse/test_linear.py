@@ -63,7 +63,7 @@ def triton_interpreter():
 
 @pytest.mark.skipif(not triton_interpreter(), reason="runs the Triton kernels on CPU only under TRITON_INTERPRET=1 "
                     "with Triton installed (GPU machines test them through test_cuda_paths_match_dense_in_fp16)")
-@pytest.mark.parametrize("rows,out,inp", [(1, 40, 256), (5, 17, 96), (16, 64, 512)])
+@pytest.mark.parametrize("rows,out,inp", [(1, 40, 256), (1, 17, 96), (5, 17, 96), (16, 64, 512)])
 def test_triton_kernels_in_the_interpreter(rows, out, inp):
     W = random_24(out, inp)
     values, meta = pack_24(W)
@@ -71,5 +71,6 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
     small = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4}
     assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
     if rows == 1:
-        cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1}
-        assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)
+        for select in (0, 1):  # x gathered per value, or selected among the group's four entries
+            cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1, "X_SELECT": select}
+            assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)
