@@ -5,7 +5,9 @@
 
 Prefill: one forward pass over `batch × prompt_len` random tokens (tokens/s = batch·prompt_len / time).
 Decode: `gen_len` single-token steps against a static KV cache holding the prompt (tokens/s = batch / step
-time). Medians of `--repeats` runs after warm-up; on CUDA every call replays a CUDA graph.
+time). Prefill: median of `--repeats` runs; decode: median of max(2, repeats // 2) runs of `gen_len` steps
+(prunekit.eval.speed.measure_model); on CUDA every call replays a CUDA graph (captured after two warm-up
+calls), on the CPU the calls run eagerly without a separate warm-up.
 Peak memory: CUDA max_memory_allocated less what the process held on the GPU before the model
 moved there (prefill_peak_mb, decode_peak_mb), or on the CPU the
 process's peak RSS (so run one model per process to compare). One JSON object on stdout.
@@ -51,8 +53,11 @@ def measure(model, device: str, batches, prompt_len: int, gen_len: int, repeats:
             if key in row:
                 row[key] -= other
     params = sum(p.numel() for p in model.parameters())
+    memory = peak_memory(device) if not device.startswith("cuda") else \
+        {"peak_bytes": int(max(max(r["prefill_peak_mb"], r["decode_peak_mb"]) for r in rows) * 2**20),
+         "kind": "cuda max_memory_allocated over all batches, less what the process held before"}
     return {"parameters": params, "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-            "rows": rows, "memory": peak_memory(device), "prompt_len": prompt_len, "gen_len": gen_len,
+            "rows": rows, "memory": memory, "prompt_len": prompt_len, "gen_len": gen_len,
             "threads": torch.get_num_threads(), "device": device}
 
 

@@ -4,8 +4,9 @@ For each stage t = 1..T, with the model's current (merged) weights:
   1. RMI: each decoder layer's output on a fixed set of calibration tokens → layer sparsity rates
      around s_t (cubic schedule) that keep the model-wide average at s_t;
   2. prune the merged weights with the base pruner at those per-layer rates (prunekit.engine);
-  3. ranks: each layer's reconstruction error against the dense model → Eq. 7 ranks around the stage's
-     average rank (Eq. 9);
+  3. ranks: each layer's reconstruction error (`rank_error="output"`: its output against the dense model's;
+     "local": its operators' errors in this stage's pruning) → Eq. 7 ranks around the stage's average rank
+     (Eq. 9);
   4. attach the mask-aligned LoRA (ΔW = s (BA) ⊙ M) and fine-tune it on the stage's share of the data;
   5. merge it: the weights keep exactly the stage's mask.
 """

@@ -80,10 +80,13 @@ class SlicedLlamaLayer(nn.Module):
 
 
 def _add_shortcut(out: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """out + x S as one GEMM with accumulation (addmm): the residual add costs no extra kernel, so a sliced
-    layer launches as many kernels as a dense one."""
+    """out + x S, accumulated into `out` by the GEMM itself (in-place addmm, β = 1): one kernel where the
+    dense layer's residual add also takes one. `out` is a fresh product (o_proj / down_proj output), which
+    autograd does not need for the backward pass, so updating it in place is safe."""
     k = shortcut.shape[1]
-    return torch.addmm(out.reshape(-1, k), x.reshape(-1, x.shape[-1]), shortcut.to(x.dtype)).view(out.shape)
+    acc = out.reshape(-1, k)
+    acc.addmm_(x.reshape(-1, x.shape[-1]), shortcut.to(x.dtype))
+    return acc.view(out.shape)
 
 
 def check_sliceable(model: nn.Module) -> None:
