@@ -1,23 +1,18 @@
 """Speed of dense vs 2:4 linear layers, timed the way they run in serving.
 
 Each measurement captures the calls in a CUDA graph and times replays with CUDA events (median of
-repeats): eager cuSPARSELt calls spend ≈0.6 ms per call on host-side setup that a graph removes,
-and decode steps are run graphed in practice. To keep the L2 cache (50 MB on H100) from serving
-the weights, every measurement cycles through enough copies of the layer to exceed it several times.
+repeats; `prunekit.sparse.timing`). To keep the L2 cache (50 MB on H100) from serving the weights,
+every per-layer measurement cycles through enough copies of the layer to exceed it several times.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 import torch.nn as nn
 
 from ..patterns import keep_n_of_m
 from ..sparse.linear import SparseLinear24
-
-L2_BYTES = 50 * 2**20
-
+from ..sparse.timing import L2_BYTES, graph, median_ms, time_calls
 
 def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, device="cuda") -> nn.Linear:
     """A bias-free linear layer with random weights pruned to a valid 2:4 pattern."""
@@ -25,40 +20,6 @@ def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, d
     W = linear.weight.data
     W.masked_fill_(~keep_n_of_m(W.abs().float(), 2, 4), 0.0)
     return linear
-
-
-def time_calls(calls: list, repeats: int = 20, graphed: bool = True) -> float:
-    """Median milliseconds per call of `calls` (a list of zero-argument callables run in turn)."""
-    for _ in range(3):  # warm-up: kernel compilation, algorithm search, allocator
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    if graphed:
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for call in calls:
-                call()
-            torch.cuda.synchronize()
-            with torch.cuda.graph(graph, stream=stream):
-                for call in calls:
-                    call()
-        torch.cuda.current_stream().wait_stream(stream)
-        run = graph.replay
-    else:
-        def run():
-            for call in calls:
-                call()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / len(calls))
-    return statistics.median(times)
 
 
 def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch.float16,
@@ -82,40 +43,6 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
             "rel_err": err}
 
 
-def graph(fn):
-    """Capture `fn()` (on static inputs) in a CUDA graph; returns a callable that replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=stream):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    return g.replay
-
-
-def _median_ms(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            import time
-
-            t0 = time.perf_counter()
-            run()
-            times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats: int = 10,
                   graphed: bool | None = None) -> dict:
@@ -137,7 +64,7 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
         torch.cuda.reset_peak_memory_stats()
     prefill = lambda: model(input_ids=ids, use_cache=False)  # noqa: E731
     run = graph(prefill) if graphed else prefill
-    ms = _median_ms(run, repeats)
+    ms = median_ms(run, repeats)
     result.update(prefill_ms=ms, prefill_tokens_per_s=batch * prompt_len / ms * 1000)
     if cuda:
         result["prefill_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -166,7 +93,7 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
         for _ in range(gen_len):
             run()
 
-    ms = _median_ms(generate, max(2, repeats // 2)) / gen_len
+    ms = median_ms(generate, max(2, repeats // 2)) / gen_len
     result.update(decode_ms=ms, decode_tokens_per_s=batch / ms * 1000)
     if cuda:
         result["decode_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -107,7 +107,7 @@ class SparseLinear24(nn.Module):
 
     def _choose(self, x2: torch.Tensor, key: tuple) -> tuple[str, int, int]:
         """The fastest path for this row count, timed in a CUDA graph."""
-        from ..eval.speed import time_calls
+        from .timing import time_calls
 
         timings = {}
         for plan in self._candidates(x2):

@@ -169,7 +169,7 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
          kernel: str = "spmm") -> tuple[dict, float]:
     """Time every launch configuration for this weight shape and row count; remember the best.
     Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row)."""
-    from ..eval.speed import L2_BYTES, time_calls
+    from .timing import L2_BYTES, time_calls
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
     copies = max(1, -(-4 * L2_BYTES // (values.numel() * values.element_size())))
