@@ -10,6 +10,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
+#: most logits (elements) one forward pass may produce: 2^30 fp32 values = 4 GiB
+MAX_LOGITS = 2**30
+
+
+def windows_per_pass(model, windows: torch.Tensor, batch_size: int) -> int:
+    """`batch_size`, lowered so that a pass's logits [windows, seqlen, vocab] stay under MAX_LOGITS
+    (Gemma 3's 262k vocabulary: 4 windows of 1024 tokens, where 32 would need 32 GiB)."""
+    head = model.get_output_embeddings()
+    vocab = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
+    return max(1, min(batch_size, MAX_LOGITS // (windows.shape[1] * vocab)))
+
+
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, skip_first: int = 0,
                progress: bool = True, desc: str = "perplexity") -> float:
@@ -17,8 +29,10 @@ def perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, 
 
     `skip_first` = 1 when each window starts with an added BOS: the first text token, predicted from
     BOS alone, is then not scored ("the loss is taken over the text tokens after the first").
+    `batch_size` windows per forward pass at most (fewer where the logits would pass MAX_LOGITS).
     """
     nll, count = 0.0, 0
+    batch_size = windows_per_pass(model, windows, batch_size)
     for batch in tqdm(windows.split(batch_size), desc=desc, disable=not progress, leave=False):
         batch = batch.to(device)
         logits = model(input_ids=batch, use_cache=False).logits[:, skip_first:-1].float()
