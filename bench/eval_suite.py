@@ -10,6 +10,8 @@ run cut short by a time limit resumes where it stopped.
 
     python bench/eval_suite.py --model smollm2-135m [--data ../shared/data] [--limit N] [--json out.json]
         [--cells dense,wanda:unstructured,wanda:2:4,sparsegpt:unstructured,sparsegpt:2:4] [--device cuda]
+
+Structured cells for the same table: --cells slicegpt:0.2,rotpruner-structured:0.2,slicegpt:0.3,...
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from prunekit import SparseGPTConfig, WandaConfig, api, bos_id, load_model, prune  # noqa: E402
+from prunekit import (RotPrunerStructuredConfig, SliceGPTConfig, SparseGPTConfig, WandaConfig, api, bos_id,  # noqa: E402
+                      load_model, prune)
 from prunekit.data import calibration_windows, evaluation_windows, read_text_file, tokenize  # noqa: E402
 from prunekit.eval import zeroshot  # noqa: E402
 from prunekit.eval.table import results_table  # noqa: E402
@@ -57,8 +60,14 @@ def parse_args(argv=None):
 
 
 def cell_config(cell: str):
-    method, pattern = cell.split(":", 1)
-    return CONFIGS[method](sparsity=0.5, pattern=pattern)
+    """"wanda:2:4" → WandaConfig(0.5, "2:4"); "slicegpt:0.3" / "rotpruner-structured:0.3" → that slicing
+    (RotPruner-structured with the 256 training steps of bench/slicegpt_gpu.py's measured run)."""
+    method, arg = cell.split(":", 1)
+    if method == "slicegpt":
+        return SliceGPTConfig(slicing=float(arg))
+    if method == "rotpruner-structured":
+        return RotPrunerStructuredConfig(slicing=float(arg), steps=256)
+    return CONFIGS[method](sparsity=0.5, pattern=arg)
 
 
 def main(argv=None) -> int:
