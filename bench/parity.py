@@ -50,6 +50,18 @@ def wiki_ppl(model, sets, device: str) -> float:
         model.to("cpu")
 
 
+def add_config_flags(parser: argparse.ArgumentParser, defaults, names) -> None:
+    """A `--name` flag for each config field in `names`, typed and defaulted by the `defaults` instance."""
+    for name in names:
+        value = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+
+
+def config_overrides(args: argparse.Namespace, names) -> dict:
+    """The values of the flags `add_config_flags` made, as config keyword arguments."""
+    return {name: getattr(args, name) for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -31,7 +31,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from prunekit import RotPrunerConfig, load_model, prune  # noqa: E402
-from parity import protocol_q, wiki_ppl  # noqa: E402
+from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt-noupdate:unstructured", "sparsegpt-noupdate:2:4",
          "magnitude:unstructured", "magnitude:2:4"]
@@ -50,10 +50,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the base pruners (reuse earlier figures)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--jsonl", help="append each cell's result here as it finishes")
-    defaults = RotPrunerConfig()
-    for name in TUNABLE:
-        value = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    add_config_flags(parser, RotPrunerConfig(), TUNABLE)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available here")
@@ -67,7 +64,7 @@ def main() -> None:
            "eval_seconds": time.perf_counter() - t0}
     print(json.dumps(env), flush=True)
 
-    overrides = {name: getattr(args, name) for name in TUNABLE}
+    overrides = config_overrides(args, TUNABLE)
     rows = []
     for cell in args.cells.split(","):
         base, pattern = cell.split(":", 1)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
-from parity import protocol_q, wiki_ppl  # noqa: E402
+from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
 from slicegpt_speed import measure  # noqa: E402
 
 TUNABLE = ("steps", "lr", "optimizer", "momentum", "schedule", "train_samples", "train_seqlen", "train_batch",
@@ -48,10 +48,7 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--speed-dtype", default="float16", help="dtype of the speed test (quality runs are fp32)")
     parser.add_argument("--json", help="write all results here")
-    defaults = RotPrunerStructuredConfig(steps=200)
-    for name in TUNABLE:
-        value = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    add_config_flags(parser, RotPrunerStructuredConfig(steps=200), TUNABLE)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available here")
@@ -75,7 +72,7 @@ def main() -> None:
     env["dense_speed"] = speed_of(copy.deepcopy(dense))
     print(json.dumps(env), flush=True)
 
-    overrides = {name: getattr(args, name) for name in TUNABLE}
+    overrides = config_overrides(args, TUNABLE)
     rows = []
     for slicing in [float(s) for s in args.slicings.split(",")]:
         for method in args.methods.split(","):

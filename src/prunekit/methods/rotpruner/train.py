@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,28 @@ class TrainingLog:
     peak_memory_kind: str = ""
     teacher_seconds: float = 0.0
     grad_norm_first: float = 0.0  # ‖∂loss/∂R‖ at the first step (Euclidean), for choosing the learning rate
+
+    def record_step(self, step: int, started: float, loss: torch.Tensor, kl: float, mse: float, device,
+                    orthonormality: Callable[[], float]) -> None:
+        """One optimizer step's time (since `started`, the device synchronised), losses, and, every 10 steps
+        and at the last, the largest orthonormality error so far (`orthonormality()` computes it now)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.step_seconds.append(time.perf_counter() - started)
+        self.loss.append(float(loss.detach()))
+        self.kl.append(kl)
+        self.mse.append(mse)
+        if step % 10 == 0 or step == self.steps - 1:
+            self.max_orthonormality_error = max(self.max_orthonormality_error, orthonormality())
+
+    def record_peak_memory(self, device) -> None:
+        """Peak CUDA memory since the stats were reset, or on the CPU the process's peak RSS."""
+        if device.type == "cuda":
+            self.peak_memory_bytes, self.peak_memory_kind = torch.cuda.max_memory_allocated(device), \
+                "cuda max_memory_allocated"
+        else:
+            self.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak_memory_kind = "process peak RSS"
 
     def summary(self) -> dict:
         steady = self.step_seconds[1:] or self.step_seconds  # the first step includes warm-up
@@ -193,22 +216,12 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         optimizer.step()
         schedule.step()
 
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        log.step_seconds.append(time.perf_counter() - t0)
-        log.loss.append(float(loss.detach()))
-        log.kl.append(kl)
-        log.mse.append(mse)
+        log.record_step(step, t0, loss, kl, mse, device, lambda: orthonormality_error(rotation.matrix()))
         if step % 10 == 0 or step == steps - 1:
-            log.max_orthonormality_error = max(log.max_orthonormality_error, orthonormality_error(rotation.matrix()))
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    if device.type == "cuda":
-        log.peak_memory_bytes, log.peak_memory_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-    else:
-        log.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        log.peak_memory_kind = "process peak RSS"
+    log.record_peak_memory(device)
     for g in reader_G:
         g.G = g.G.to("cpu")
     model.to("cpu")

@@ -12,7 +12,6 @@ schedule from RotPruner (methods/rotpruner/train.py). Starts from the PCA bases.
 
 from __future__ import annotations
 
-import resource
 import time
 
 import torch
@@ -108,23 +107,11 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
         optimizer.step()
         schedule.step()
 
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        log.step_seconds.append(time.perf_counter() - t1)
-        log.loss.append(float(loss.detach()))
-        log.kl.append(kl)
-        log.mse.append(mse)
+        log.record_step(step, t1, loss, kl, mse, device, lambda: max(orthonormality_error(f) for f in frames))
         if step % 10 == 0 or step == steps - 1:
-            log.max_orthonormality_error = max(log.max_orthonormality_error,
-                                               max(orthonormality_error(f) for f in frames))
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
-    if device.type == "cuda":
-        log.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
-        log.peak_memory_kind = "cuda max_memory_allocated"
-    else:
-        log.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        log.peak_memory_kind = "process peak RSS"
+    log.record_peak_memory(device)
     learned = [f.detach().cpu().clone() for f in frames]
     model.to("cpu")
     return learned, log
