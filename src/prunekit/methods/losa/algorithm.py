@@ -132,7 +132,7 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         stage["seconds_rmi"] = time.perf_counter() - t0
         result.timings["rmi"] += stage["seconds_rmi"]
 
-        # 2. prune the merged weights; keep each pruned layer's output at the feature positions
+        # 2. prune the merged weights; for the output-error ranks keep each pruned layer's output at the feature positions
         sparse: list = [None] * L
 
         def keep(index, hidden):
@@ -140,7 +140,8 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
 
         t0 = time.perf_counter()
         last = prune_layerwise(model, config.base_config(target), calib, device=device, batch_size=batch_size,
-                               progress=progress, layer_sparsity=rates, on_layer_done=keep)
+                               progress=progress, layer_sparsity=rates,
+                               on_layer_done=keep if config.rank_error == "output" else None)
         stage["seconds_prune"] = time.perf_counter() - t0
         for key in ("calibration", "pruning"):
             result.timings[key] += last.timings[key]
