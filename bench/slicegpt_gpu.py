@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
 from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
-from slicegpt_speed import measure  # noqa: E402
+from slicegpt_speed import fuse_norms, measure  # noqa: E402
 
 TUNABLE = ("steps", "lr", "optimizer", "momentum", "schedule", "train_samples", "train_seqlen", "train_batch",
            "kl_weight", "mse_weight")
@@ -70,6 +70,11 @@ def main() -> None:
            "torch": torch.__version__, "model": args.model, "dense_ppl": wiki_ppl(dense, sets, args.device),
            "dense_parameters": sum(p.numel() for p in dense.parameters())}
     env["dense_speed"] = speed_of(copy.deepcopy(dense))
+    # control: the dense model with the sliced model's fused norm kernel, to tell the two gains apart
+    fused = copy.deepcopy(dense)
+    fuse_norms(fused)
+    env["dense_fused_norm_speed"] = speed_of(fused)
+    del fused
     print(json.dumps(env), flush=True)
 
     overrides = config_overrides(args, TUNABLE)

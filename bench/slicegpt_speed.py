@@ -27,12 +27,39 @@ import torch  # noqa: E402
 
 from prunekit import load_model  # noqa: E402
 from prunekit.eval.speed import measure_model  # noqa: E402
+from prunekit.methods.slicegpt import fused_norm  # noqa: E402
 
 
 def peak_memory(device: str) -> dict:
     if device.startswith("cuda"):
         return {"peak_bytes": torch.cuda.max_memory_allocated(), "kind": "cuda max_memory_allocated"}
     return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "process peak RSS"}
+
+
+class FusedRMSNorm(torch.nn.Module):
+    """Control for the speed comparison: a dense RMSNorm (weight · x / rms(x)) run by the sliced model's
+    one-kernel norm on CUDA (prunekit.methods.slicegpt.fused_norm), instead of transformers' ~8
+    elementwise ops; elsewhere `F.rms_norm` (same function)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.weight, self.eps = norm.weight, getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and fused_norm.available():
+            return fused_norm.rms_norm(x, x.shape[-1], self.eps, self.weight)
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+def fuse_norms(model) -> int:
+    """Swap every Llama-style RMSNorm of a dense model for FusedRMSNorm, in place; returns how many."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child).__name__ in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"):
+                setattr(module, name, FusedRMSNorm(child))
+                swapped += 1
+    return swapped
 
 
 def measure(model, device: str, batches, prompt_len: int, gen_len: int, repeats: int) -> dict:
@@ -70,10 +97,14 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--gen-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fused-norms", action="store_true",
+                        help="control: run a dense model's RMSNorms as one fused kernel, as the sliced model does")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     model, _ = load_model(args.model, args.dtype, args.device)
-    result = {"model": args.model, "dtype": args.dtype,
+    if args.fused_norms:
+        fuse_norms(model)
+    result = {"model": args.model, "dtype": args.dtype, "fused_norms": args.fused_norms,
               **measure(model, args.device, [int(b) for b in args.batches.split(",")], args.prompt_len, args.gen_len,
                         args.repeats)}
     text = json.dumps(result, indent=2)

@@ -65,14 +65,14 @@ def main():
     for out, inp in SHAPES:
         sparse = SparseLinear24.from_linear(random_24_linear(out, inp))
         for rows, kernel in ((1, "gemv"), (1, "spmm"), (16, "spmm")):
-            if kernel == "gemv":  # the best of each way to fetch x (gather, select), for the record
+            if kernel == "gemv":  # the best of each way to read the indices (widened, per value), for the record
                 tried = []
-                for select in (0, 1):
-                    configs = [c for c in triton_decode.GEMV_CONFIGS if c["X_SELECT"] == select]
+                for direct in (0, 1):
+                    configs = [c for c in triton_decode.GEMV_CONFIGS if c["META_DIRECT"] == direct]
                     tried.append(triton_decode.tune(sparse.values, sparse.meta, rows, configs, kernel=kernel)[::-1])
-                    info["tuned"][f"{out}x{inp}/{rows}/gemv-select{select}"] = {**tried[-1][1], "ms": tried[-1][0]}
-                    print("tuned", out, inp, rows, f"gemv X_SELECT={select}", tried[-1][1], f"{tried[-1][0]:.4f} ms",
-                          flush=True)
+                    info["tuned"][f"{out}x{inp}/{rows}/gemv-meta{direct}"] = {**tried[-1][1], "ms": tried[-1][0]}
+                    print("tuned", out, inp, rows, f"gemv META_DIRECT={direct}", tried[-1][1],
+                          f"{tried[-1][0]:.4f} ms", flush=True)
                 ms, best = min(tried, key=lambda t: t[0])
                 triton_decode.TUNED[(out, inp, "gemv")] = best  # tune() kept the last variant's best
             else:

@@ -71,6 +71,6 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
     small = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4}
     assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
     if rows == 1:
-        for select in (0, 1):  # x gathered per value, or selected among the group's four entries
-            cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1, "X_SELECT": select}
+        for direct in (0, 1):  # index bytes widened by interleaves, or loaded per value
+            cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1, "META_DIRECT": direct}
             assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)

@@ -18,9 +18,11 @@ except ImportError:  # CPU installs without Triton: callers check `available()`
 
 MAX_ROWS = 16
 DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
-GEMV_DEFAULT = {"BLOCK_N": 8, "BLOCK_V": 256, "num_warps": 4, "num_stages": 3}
-GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_V": v, "num_warps": w, "num_stages": 3, "X_SELECT": sel}
-                for n in (2, 4, 8, 16) for v in (256, 512, 1024) for w in (2, 4, 8) for sel in (0, 1)]
+GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_V": 512, "num_warps": 2, "num_stages": 3}  # best on most shapes (H100)
+GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_V": v, "num_warps": w, "num_stages": 3, "META_DIRECT": meta}
+                for n in (2, 4, 8, 16) for v in (256, 512, 1024) for w in (2, 4, 8) for meta in (0, 1)
+                # the per-value accumulator must fit in registers: at most 64 fp32 per thread
+                if n * v <= 64 * 32 * w]
 #: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
 TUNED: dict[tuple[int, int, int], dict] = {}
 CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": st}
@@ -83,47 +85,40 @@ if triton is not None:
     @triton.jit
     def _gemv24_kernel(x_ptr, v_ptr, m_ptr, bias_ptr, y_ptr, N, K, stride_vn, stride_mn,
                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       X_SELECT: tl.constexpr):
+                       META_DIRECT: tl.constexpr):
         """y[n] = Σ_j values[n, j] · x[4·(j // 2) + idx(n, j)] for a single row x (the batch-1 decode case).
 
-        Values are streamed as contiguous [BLOCK_N, BLOCK_V] tiles; the index bytes [BLOCK_N, BLOCK_V/4]
-        are widened to one per value with two interleaves (byte j//4 serves values 4(j//4)..+3). The x
-        entry of each value is then either gathered (X_SELECT = 0: one load per value, from cache) or
-        selected (X_SELECT = 1): the four candidates x[4·(j//2) + p], p = 0..3, are loaded once per tile as
-        [BLOCK_V] vectors shared by all BLOCK_N rows and the index picks among them in registers, which
-        trades BLOCK_N·BLOCK_V gathers for 4·BLOCK_V loads and three selects per value.
-        Plain FMAs: no padding to 16 rows.
+        Values are streamed as contiguous [BLOCK_N, BLOCK_V] tiles. Value j's 2-bit index sits in byte j // 4
+        of its row's index bytes: either the tile's [BLOCK_N, BLOCK_V/4] bytes are loaded once and widened
+        to one per value with two interleaves (META_DIRECT = 0), or each value loads its byte itself
+        (META_DIRECT = 1: four neighbours read the same byte from cache, no register shuffles). The x entry
+        of each value is gathered from cache. Plain FMAs into one fp32 partial sum per value slot, reduced
+        across the tile once at the end (a reduction per step was slower); no padding to 16 rows.
         """
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         half = K // 2
         for j0 in range(0, half, BLOCK_V):
             j = j0 + tl.arange(0, BLOCK_V)
-            j_ok = j < half
-            ok = row_ok[:, None] & j_ok[None, :]
+            ok = row_ok[:, None] & (j < half)[None, :]
             v = tl.load(v_ptr + rows[:, None] * stride_vn + j[None, :], mask=ok, other=0.0)
-            b = j0 // 4 + tl.arange(0, BLOCK_V // 4)
-            byte = tl.load(m_ptr + rows[:, None] * stride_mn + b[None, :],
-                           mask=row_ok[:, None] & (b * 4 < half)[None, :], other=0).to(tl.int32)
-            byte = tl.interleave(byte, byte)
-            byte = tl.interleave(byte, byte)  # [BLOCK_N, BLOCK_V]: the byte holding value j's index
-            idx = (byte >> ((j % 4) * 2)[None, :]) & 3
-            if X_SELECT:
-                base = x_ptr + j // 2 * 4
-                x0 = tl.load(base, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-                x1 = tl.load(base + 1, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-                x2 = tl.load(base + 2, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-                x3 = tl.load(base + 3, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-                x = tl.where(idx < 2, tl.where(idx == 0, x0, x1), tl.where(idx == 2, x2, x3))
+            if META_DIRECT:
+                byte = tl.load(m_ptr + rows[:, None] * stride_mn + (j // 4)[None, :], mask=ok, other=0).to(tl.int32)
             else:
-                col = (j // 2 * 4)[None, :] + idx
-                x = tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
-            acc += tl.sum(v.to(tl.float32) * x, axis=1)
+                b = j0 // 4 + tl.arange(0, BLOCK_V // 4)
+                byte = tl.load(m_ptr + rows[:, None] * stride_mn + b[None, :],
+                               mask=row_ok[:, None] & (b * 4 < half)[None, :], other=0).to(tl.int32)
+                byte = tl.interleave(byte, byte)
+                byte = tl.interleave(byte, byte)  # [BLOCK_N, BLOCK_V]: the byte holding value j's index
+            idx = (byte >> ((j % 4) * 2)[None, :]) & 3
+            x = tl.load(x_ptr + (j // 2 * 4)[None, :] + idx, mask=ok, other=0.0).to(tl.float32)
+            acc += v.to(tl.float32) * x
+        out = tl.sum(acc, axis=1)
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
+            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
 def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
@@ -138,7 +133,7 @@ def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     _gemv24_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
         x, values, meta, bias if bias is not None else values, y, N, K, values.stride(0), meta.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], HAS_BIAS=bias is not None,
-        X_SELECT=int(cfg.get("X_SELECT", 0)), num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
+        META_DIRECT=int(cfg.get("META_DIRECT", 0)), num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
     return y
 
 

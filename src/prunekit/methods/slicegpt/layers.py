@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ...errors import UsageError
 from ...models.adapters import LlamaAdapter, get_adapter
+from . import fused_norm
 
 
 class RMSN(nn.Module):
@@ -44,10 +45,14 @@ class RMSN(nn.Module):
         self.out_proj = None if out_proj is None else nn.Parameter(out_proj, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.mean_dim + self.eps)).to(dtype)
-        return x if self.out_proj is None else x @ self.out_proj.to(dtype)
+        # half-precision inference on CUDA: one kernel (fp32 and training keep the path the quality runs used)
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled() \
+                and fused_norm.available():
+            y = fused_norm.rms_norm(x, self.mean_dim, self.eps)
+        else:
+            h = x.float()
+            y = (h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / self.mean_dim + self.eps)).to(x.dtype)
+        return y if self.out_proj is None else y @ self.out_proj.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"mean_dim={self.mean_dim}, eps={self.eps}"
@@ -93,8 +98,11 @@ def check_sliceable(model: nn.Module) -> None:
     """SliceGPT is implemented for the Llama family (Llama, Mistral, Qwen2/3, SmolLM); a UsageError otherwise."""
     adapter = get_adapter(model)
     if type(adapter) is not LlamaAdapter:
-        raise UsageError(f"slicing supports the Llama family ({', '.join(LlamaAdapter.model_types)}), not "
-                         f"{model.config.model_type!r}")
+        why = (" (its norms after attention and MLP take the RMS of the full-width output, so the writers "
+               "cannot be sliced; see BENCHMARKS.md)" if model.config.model_type.startswith("gemma") else "")
+        raise UsageError(f"slicing supports the pre-norm Llama family ({', '.join(LlamaAdapter.model_types)}), "
+                         f"not {model.config.model_type!r}{why}; use --method wanda-channels for structured "
+                         f"pruning of this model")
 
 
 def _rms_eps(model: nn.Module) -> float:
