@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from conftest import SHARED_DATA
 from prunekit import WandaConfig, calibration, evaluate, evaluation_sets, get_adapter, load_model, prune

@@ -11,7 +11,7 @@ from prunekit import MagnitudeConfig, RotPrunerConfig, SparseGPTConfig, WandaCon
 from prunekit.cli import main
 from prunekit.methods.rotpruner.masking import masked, rule_for
 from prunekit.patterns import max_nonzeros_per_group
-from prunekit.rotation import make_rotation_invariant, orthonormality_error, random_rotation
+from prunekit.rotation import make_rotation_invariant, random_rotation
 
 BASES = [WandaConfig, MagnitudeConfig, lambda **kw: SparseGPTConfig(update=False, blocksize=16, **kw)]
 

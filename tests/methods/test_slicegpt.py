@@ -10,7 +10,6 @@ from conftest import random_windows, save_tiny, tiny_llama, tiny_opt
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, UsageError, load_model, prune
 from prunekit.cli import main
 from prunekit.methods.slicegpt.pca import sliced_width
-from prunekit.rotation import orthonormality_error
 
 
 def _scaled_norms(model):

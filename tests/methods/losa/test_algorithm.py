@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from conftest import byte_tokenizer, random_windows, tiny_llama
 from prunekit import LosaConfig, get_adapter, prune
