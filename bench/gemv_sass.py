@@ -35,7 +35,7 @@ def sass_counts(block_n: int, block_v: int, warps: int, direct: int) -> tuple[in
         f.flush()
         tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
         sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    ops = [m.group(2) for m in (re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", line)
+    ops = [m.group(2) for m in (re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", line)
                                 for line in sass.splitlines()) if m]
     return len(ops), collections.Counter(op.split(".")[0] for op in ops), kernel.metadata.shared
 

@@ -56,9 +56,12 @@ def fuse_norms(model) -> int:
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child).__name__ in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"):
+            if type(child).__name__ in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"):
                 setattr(module, name, FusedRMSNorm(child))
                 swapped += 1
+    if not swapped:
+        raise ValueError(f"no RMSNorm of a known class in {type(model).__name__}: the fused-norm control would "
+                         "measure the dense model again")
     return swapped
 
 
@@ -102,9 +105,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     model, _ = load_model(args.model, args.dtype, args.device)
-    if args.fused_norms:
-        fuse_norms(model)
-    result = {"model": args.model, "dtype": args.dtype, "fused_norms": args.fused_norms,
+    fused = fuse_norms(model) if args.fused_norms else 0
+    result = {"model": args.model, "dtype": args.dtype, "fused_norms": fused,
               **measure(model, args.device, [int(b) for b in args.batches.split(",")], args.prompt_len, args.gen_len,
                         args.repeats)}
     text = json.dumps(result, indent=2)

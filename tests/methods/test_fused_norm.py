@@ -18,15 +18,47 @@ def where() -> str | None:
     return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
 
 
-@pytest.mark.skipif(where() is None, reason="needs Triton with a CUDA GPU, or TRITON_INTERPRET=1 on the CPU")
+needs_triton = pytest.mark.skipif(where() is None, reason="needs Triton with a CUDA GPU, or TRITON_INTERPRET=1 on "
+                                  "the CPU")
+
+
+@needs_triton
 @pytest.mark.parametrize("shape,mean_dim", [((3, 5, 403), 576), ((1, 64), 64), ((7, 1000), 1536)])
 def test_fused_rms_norm_matches_the_unfused_norm(shape, mean_dim):
-    device = where()
-    x = torch.randn(*shape, device=device) * 3
+    x = torch.randn(*shape, device=where()) * 3
     expected = RMSN(mean_dim, 1e-5)(x.cpu())  # the unfused path (CPU)
     assert torch.allclose(fused_norm.rms_norm(x, mean_dim, 1e-5).cpu(), expected, rtol=1e-5, atol=1e-6)
-    w = torch.rand(shape[-1], device=device) + 0.5
+    w = torch.rand(shape[-1], device=where()) + 0.5
     assert torch.allclose(fused_norm.rms_norm(x, mean_dim, 1e-5, w).cpu(), expected * w.cpu(), rtol=1e-5, atol=1e-6)
-    strided = x.transpose(0, -1) if x.dim() == 2 else x
-    assert torch.allclose(fused_norm.rms_norm(strided, mean_dim, 1e-5).cpu(), RMSN(mean_dim, 1e-5)(strided.cpu()),
-                          rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+def test_fused_rms_norm_reads_rows_by_their_stride():
+    x = torch.randn(7, 1000, device=where())[:, 100:500]  # row stride 1000, 400 columns
+    strided_weight = (torch.rand(400, 2, device=where()) + 0.5)[:, 0]
+    expected = RMSN(576, 1e-5)(x.cpu()) * strided_weight.cpu()
+    assert torch.allclose(fused_norm.rms_norm(x, 576, 1e-5, strided_weight).cpu(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        fused_norm.rms_norm(x, 576, 1e-5, strided_weight[:10])
+    assert fused_norm.rms_norm(x[:0], 576, 1e-5).shape == (0, 400)
+
+
+@needs_triton
+def test_fused_rms_norm_in_fp16_is_within_one_rounding():
+    x = torch.randn(9, 464, device=where()) * 4
+    expected = RMSN(576, 1e-5)(x.cpu())  # fp32
+    got = fused_norm.rms_norm(x.half(), 576, 1e-5).cpu().float()
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=2 ** -10, atol=1e-3)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fused_norm.available()), reason="needs a CUDA GPU and Triton")
+def test_rmsn_uses_the_kernel_for_half_precision_inference_on_cuda(monkeypatch):
+    calls = []
+    kernel = fused_norm.rms_norm
+    monkeypatch.setattr(fused_norm, "rms_norm", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    norm, x = RMSN(576, 1e-5), torch.randn(2, 3, 464, device="cuda")
+    with torch.no_grad():
+        fast = norm(x.half())
+        norm(x)  # fp32: the unfused path
+    assert len(calls) == 1
+    assert torch.allclose(fast.float().cpu(), norm(x.cpu()), rtol=2 ** -10, atol=1e-3)

@@ -8,6 +8,8 @@ tiny; the kernel rebuilds each dense weight tile in registers and multiplies on 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -121,6 +123,11 @@ if triton is not None:
         tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
+def _on(x: torch.Tensor):
+    """Launch on x's GPU (Triton launches on the current device), or as is elsewhere (the interpreter)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
            config: dict | None = None) -> torch.Tensor:
     """x [1, in] times the packed 2:4 weight transposed: [1, out]."""
@@ -130,10 +137,12 @@ def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     N, K = values.shape[0], x.shape[1]
     cfg = config or TUNED.get((N, K, "gemv")) or GEMV_DEFAULT
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    _gemv24_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
-        x, values, meta, bias if bias is not None else values, y, N, K, values.stride(0), meta.stride(0),
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], HAS_BIAS=bias is not None,
-        META_DIRECT=int(cfg.get("META_DIRECT", 0)), num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
+    with _on(x):
+        _gemv24_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
+            x, values, meta, bias if bias is not None else values, y, N, K, values.stride(0), meta.stride(0),
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], HAS_BIAS=bias is not None,
+            META_DIRECT=int(cfg.get("META_DIRECT", 0)), num_warps=cfg["num_warps"],
+            num_stages=cfg.get("num_stages", 3))
     return y
 
 
@@ -153,10 +162,12 @@ def spmm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     y = torch.zeros(rows, N, dtype=torch.float32, device=x.device) if split > 1 else \
         torch.empty(rows, N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), split)
-    _spmm24_kernel[grid](x, values, meta, bias if bias is not None else values, y, N, K,
-                         x.stride(0), values.stride(0), meta.stride(0), y.stride(0), rows,
-                         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=split,
-                         HAS_BIAS=bias is not None, num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
+    with _on(x):
+        _spmm24_kernel[grid](x, values, meta, bias if bias is not None else values, y, N, K,
+                             x.stride(0), values.stride(0), meta.stride(0), y.stride(0), rows,
+                             BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=split,
+                             HAS_BIAS=bias is not None, num_warps=cfg["num_warps"],
+                             num_stages=cfg.get("num_stages", 3))
     return y.to(x.dtype) if split > 1 else y
 
 

@@ -12,6 +12,8 @@ Computed in fp32, stored in x's dtype, like the unfused path.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -31,7 +33,7 @@ if triton is not None:
     def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, K, stride_x, stride_y, inv_d, eps,
                          BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr):
         """One program per row: y = x · rsqrt(Σ x² / d + ε) (· w), the row held in registers."""
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows × stride may pass 2³¹
         cols = tl.arange(0, BLOCK)
         ok = cols < K
         x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
@@ -46,11 +48,17 @@ def rms_norm(x: torch.Tensor, mean_dim: int, eps: float, weight: torch.Tensor | 
     if triton is None:
         raise RuntimeError("the fused RMS norm needs Triton")
     k = x.shape[-1]
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    if weight is not None:
+        if weight.shape != (k,):
+            raise ValueError(f"the norm's weight must have shape ({k},), got {tuple(weight.shape)}")
+        weight = weight.contiguous()
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    if x2.shape[0]:
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # launch on x's GPU
         _rms_norm_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, y, k, x2.stride(0), y.stride(0),
                                          1.0 / mean_dim, eps, BLOCK=triton.next_power_of_2(k),
                                          HAS_WEIGHT=weight is not None, num_warps=4 if k <= 4096 else 8)
