@@ -7,7 +7,7 @@ Prints one JSON line per cell as it finishes and a markdown table last.
 
     python bench/slicegpt_gpu.py --device cuda [--model smollm2-135m | DIR | file.gguf] [--data ../shared/data]
         [--slicings 0.2,0.3] [--methods slicegpt,rotpruner-structured] [--steps 200] [--lr 1e-3]
-        [--train-seqlen 512] [--speed-batches 1,16] [--json out.json]
+        [--train-seqlen 512] [--speed-batches 1,16] [--round-to 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--speed-dtype", default="float16", help="dtype of the speed test (quality runs are fp32)")
+    parser.add_argument("--round-to", type=int, default=8, help="round the kept width to a multiple of this")
     parser.add_argument("--json", help="write all results here")
     add_config_flags(parser, RotPrunerStructuredConfig(steps=200), TUNABLE)
     args = parser.parse_args()
@@ -81,8 +82,8 @@ def main() -> None:
     rows = []
     for slicing in [float(s) for s in args.slicings.split(",")]:
         for method in args.methods.split(","):
-            config = (SliceGPTConfig(slicing=slicing) if method == "slicegpt"
-                      else RotPrunerStructuredConfig(slicing=slicing, **overrides))
+            config = (SliceGPTConfig(slicing=slicing, round_to=args.round_to) if method == "slicegpt"
+                      else RotPrunerStructuredConfig(slicing=slicing, round_to=args.round_to, **overrides))
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             result = prune(model, config, calib, device=args.device, progress=False)
