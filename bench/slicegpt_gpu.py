@@ -70,12 +70,14 @@ def main() -> None:
     env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
            "torch": torch.__version__, "model": args.model, "dense_ppl": wiki_ppl(dense, sets, args.device),
            "dense_parameters": sum(p.numel() for p in dense.parameters())}
-    env["dense_speed"] = speed_of(copy.deepcopy(dense))
-    # control: the dense model with the sliced model's fused norm kernel, to tell the two gains apart
-    fused = copy.deepcopy(dense)
-    env["dense_fused_norms"] = fuse_norms(fused)
-    env["dense_fused_norm_speed"] = speed_of(fused)
-    del fused
+    env["dense_speed"] = env["dense_fused_norm_speed"] = None
+    if batches:
+        env["dense_speed"] = speed_of(copy.deepcopy(dense))
+        # control: the dense model with the sliced model's fused norm kernel, to tell the two gains apart
+        fused = copy.deepcopy(dense)
+        env["dense_fused_norms"] = fuse_norms(fused)
+        env["dense_fused_norm_speed"] = speed_of(fused)
+        del fused
     print(json.dumps(env), flush=True)
 
     overrides = config_overrides(args, TUNABLE)

@@ -123,8 +123,9 @@ if triton is not None:
         tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
-def _on(x: torch.Tensor):
-    """Launch on x's GPU (Triton launches on the current device), or as is elsewhere (the interpreter)."""
+def launch_device(x: torch.Tensor):
+    """Context in which a Triton kernel on `x` launches on x's GPU (Triton launches on the current device);
+    a no-op elsewhere (the interpreter)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
@@ -137,7 +138,7 @@ def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     N, K = values.shape[0], x.shape[1]
     cfg = config or TUNED.get((N, K, "gemv")) or GEMV_DEFAULT
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    with _on(x):
+    with launch_device(x):
         _gemv24_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             x, values, meta, bias if bias is not None else values, y, N, K, values.stride(0), meta.stride(0),
             BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], HAS_BIAS=bias is not None,
@@ -162,7 +163,7 @@ def spmm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     y = torch.zeros(rows, N, dtype=torch.float32, device=x.device) if split > 1 else \
         torch.empty(rows, N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), split)
-    with _on(x):
+    with launch_device(x):
         _spmm24_kernel[grid](x, values, meta, bias if bias is not None else values, y, N, K,
                              x.stride(0), values.stride(0), meta.stride(0), y.stride(0), rows,
                              BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=split,

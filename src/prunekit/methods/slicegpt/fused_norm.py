@@ -12,9 +12,9 @@ Computed in fp32, stored in x's dtype, like the unfused path.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from ...sparse.triton_decode import launch_device
 
 try:
     import triton
@@ -58,7 +58,7 @@ def rms_norm(x: torch.Tensor, mean_dim: int, eps: float, weight: torch.Tensor | 
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # launch on x's GPU
+    with launch_device(x):
         _rms_norm_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, y, k, x2.stride(0), y.stride(0),
                                          1.0 / mean_dim, eps, BLOCK=triton.next_power_of_2(k),
                                          HAS_WEIGHT=weight is not None, num_warps=4 if k <= 4096 else 8)
