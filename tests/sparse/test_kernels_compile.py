@@ -24,10 +24,12 @@ def compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int = 4
 
 
 @pytest.mark.parametrize("direct", [0, 1])
-def test_gemv24_compiles_for_sm90(direct):
+@pytest.mark.parametrize("rows,width", [(4, 512), (1, 2048)])  # the tuned default; one row per program
+def test_gemv24_compiles_for_sm90(direct, rows, width):
     sig = {**PTRS, "N": "i32", "K": "i32", "stride_vn": "i32", "stride_mn": "i32"}
     cubin = compile_for_hopper(triton_decode._gemv24_kernel, sig,
-                               {"BLOCK_N": 4, "BLOCK_V": 512, "HAS_BIAS": True, "META_DIRECT": direct}, num_warps=2)
+                               {"BLOCK_N": rows, "BLOCK_V": width, "HAS_BIAS": True, "META_DIRECT": direct},
+                               num_warps=2)
     assert len(cubin) > 0
 
 

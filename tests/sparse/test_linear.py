@@ -72,5 +72,6 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
     assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
     if rows == 1:
         for direct in (0, 1):  # index bytes widened by interleaves, or loaded per value
-            cfg = {"BLOCK_N": 4, "BLOCK_V": 32, "num_warps": 1, "META_DIRECT": direct}
-            assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)
+            for block_n, block_v in ((4, 32), (1, 64)):  # several rows per program, or one
+                cfg = {"BLOCK_N": block_n, "BLOCK_V": block_v, "num_warps": 1, "META_DIRECT": direct}
+                assert torch.allclose(triton_decode.gemv24(x, values, meta, bias, cfg), x @ W.T + bias, atol=1e-4)

@@ -22,7 +22,7 @@ MAX_ROWS = 16
 DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
 GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_V": 512, "num_warps": 2, "num_stages": 3}  # best on most shapes (H100)
 GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_V": v, "num_warps": w, "num_stages": 3, "META_DIRECT": meta}
-                for n in (2, 4, 8, 16) for v in (256, 512, 1024) for w in (2, 4, 8) for meta in (0, 1)
+                for n in (1, 2, 4, 8, 16) for v in (256, 512, 1024, 2048) for w in (2, 4, 8) for meta in (0, 1)
                 # the per-value accumulator must fit in registers: at most 64 fp32 per thread
                 if n * v <= 64 * 32 * w]
 #: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
