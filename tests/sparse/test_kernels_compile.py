@@ -23,13 +23,13 @@ def compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int = 4
     return kernel.asm["cubin"]
 
 
-@pytest.mark.parametrize("direct", [0, 1])
-@pytest.mark.parametrize("rows,width", [(4, 512), (1, 2048)])  # the tuned default; one row per program
-def test_gemv24_compiles_for_sm90(direct, rows, width):
-    sig = {**PTRS, "N": "i32", "K": "i32", "stride_vn": "i32", "stride_mn": "i32"}
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_gemv24_compiles_for_sm90(dtype):  # ptxas checks the inline PTX of the byte-permute step
+    sig = {**{name: f"*{dtype}" for name in PTRS}, "m_ptr": "*u8", "N": "i32", "K": "i32", "stride_vn": "i32",
+           "stride_mn": "i32"}
     cubin = compile_for_hopper(triton_decode._gemv24_kernel, sig,
-                               {"BLOCK_N": rows, "BLOCK_V": width, "HAS_BIAS": True, "META_DIRECT": direct},
-                               num_warps=2)
+                               {"BLOCK_N": 2, "BLOCK_B": 256, "HAS_BIAS": True, "BF16": dtype == "bf16",
+                                "EMULATE": False}, num_warps=4)
     assert len(cubin) > 0
 
 

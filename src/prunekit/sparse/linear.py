@@ -4,13 +4,14 @@ On CUDA the weight is compressed once for cuSPARSELt, whose buffer begins with e
 values in row-major order (checked at run time), so `values` becomes a view into it and the layer
 holds 0.5625× + 0.0625× (our indices) of the dense bytes. Paths, chosen per (shape, rows, dtype) by
 timing them once in a CUDA graph and caching the winner:
-- `triton`: the decode kernel of triton_decode.py (≤ 16 rows) on values + indices;
+- `gemv`:   the 1-row kernel of triton_decode.py on values + indices (its launch configuration tuned
+            for the shape on first use);
+- `triton`: the ≤ 16-row kernel of triton_decode.py;
 - `cslt`:   `torch._cslt_sparse_mm(W, xᵀ)`, rows padded to a multiple of 16 (cuSPARSELt refuses a
             single column); the result [out, rows] is returned transposed, as a view or
-            (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3, each without
-            split-K and with split-K 2 and 4 in the library's default mode, in two kernels and as
-            stream-K (`SPLIT_K_MODES`; a mode or id the library lacks is skipped): torch's search
-            returns only the algorithm id, not the split-K setting cuSPARSELt's own search picks;
+            (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3 (an id the
+            library lacks is skipped). Split-K is not searched: cuSPARSELt 0.8 on an H200 refused every
+            split-K > 1 for these shapes (`bench/sparse_gpu.py` records the probe);
 - `cslt_c`: the same with xᵀ made contiguous first.
 cuSPARSELt writes W xᵀ as [out, rows]; asking it for [rows, out] (`transpose_result=True`) makes
 the algorithm search fail (internal error) and the default algorithm 2.7× slower, so the layer
@@ -34,14 +35,11 @@ import torch.nn.functional as F
 from . import triton_decode
 from .packing import is_24, pack_24, unpack_24
 
-#: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id, split-K, split-K
-#: mode), shared by all layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
-PLANS: dict[tuple, tuple[str, int, int, int]] = {}
+#: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id), shared by all
+#: layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
+PLANS: dict[tuple, tuple[str, int]] = {}
 #: cuSPARSELt algorithm ids tried besides the searched one (an id the library lacks for a shape is skipped)
 CSLT_ALGS = range(4)
-#: (split-K, cusparseLtSplitKMode_t) tried per algorithm: −1 leaves the library's default, 2 = two kernels,
-#: 6 = stream-K (cuSPARSELt ≥ 0.7)
-SPLIT_K_MODES = [(1, -1), (2, -1), (2, 2), (2, 6), (4, -1), (4, 2), (4, 6)]
 PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
 
 
@@ -97,25 +95,26 @@ class SparseLinear24(nn.Module):
                self.contiguous_output or rows <= 16)
         if key not in PLANS:
             if torch.cuda.is_current_stream_capturing():
-                return self._run(("cslt", 0, 1, -1), x2)
+                return self._run(("cslt", 0), x2)
             PLANS[key] = self._choose(x2, key)
         return self._run(PLANS[key], x2)
 
-    def _candidates(self, x2: torch.Tensor) -> list[tuple[str, int, int, int]]:
-        """(path, algorithm, split-K, split-K mode) to time."""
+    def _candidates(self, x2: torch.Tensor) -> list[tuple[str, int]]:
+        """(path, algorithm) to time."""
         padded = self._pad(x2)
         found = []
         for path, B in (("cslt", padded.t()), ("cslt_c", padded.t().contiguous())):
             searched = torch._cslt_sparse_mm_search(self._compressed, B)
-            found += [(path, alg, split, mode) for alg in dict.fromkeys([searched, *CSLT_ALGS])
-                      for split, mode in SPLIT_K_MODES]
+            found += [(path, alg) for alg in dict.fromkeys([searched, *CSLT_ALGS])]
         if x2.shape[0] <= triton_decode.MAX_ROWS and triton_decode.available():
-            found.append(("triton", 0, 1, -1))
-        if x2.shape[0] == 1 and triton_decode.available():
-            found.append(("gemv", 0, 1, -1))
+            found.append(("triton", 0))
+        if x2.shape[0] == 1 and triton_decode.available() and triton_decode.permute_ok(x2, self.values):
+            if (self.out_features, self.in_features, "gemv") not in triton_decode.TUNED:
+                triton_decode.tune(self.values, self.meta, 1, kernel="gemv")
+            found.append(("gemv", 0))
         return found
 
-    def _choose(self, x2: torch.Tensor, key: tuple) -> tuple[str, int, int, int]:
+    def _choose(self, x2: torch.Tensor, key: tuple) -> tuple[str, int]:
         """The fastest path for this row count, timed in a CUDA graph."""
         from .timing import time_calls
 
@@ -123,7 +122,7 @@ class SparseLinear24(nn.Module):
         for plan in self._candidates(x2):
             try:
                 timings[plan] = time_calls([lambda plan=plan: self._run(plan, x2)], repeats=5)
-            except RuntimeError:  # e.g. an algorithm or split cuSPARSELt does not support for this shape
+            except RuntimeError:  # e.g. an algorithm id cuSPARSELt does not have for this shape
                 continue
         PLAN_TIMINGS[key] = {"/".join(map(str, plan)): ms for plan, ms in timings.items()}
         return min(timings, key=timings.get)
@@ -133,18 +132,19 @@ class SparseLinear24(nn.Module):
         pad = -x2.shape[0] % 16
         return F.pad(x2, (0, 0, 0, pad)) if pad else x2
 
-    def _run(self, plan: tuple[str, int, int, int], x2: torch.Tensor) -> torch.Tensor:
-        path, alg, split, mode = plan
+    def _run(self, plan: tuple[str, int], x2: torch.Tensor) -> torch.Tensor:
+        path, alg = plan
         if path == "triton":
             return triton_decode.spmm24(x2, self.values, self.meta, self.bias)
         if path == "gemv":
-            return triton_decode.gemv24(x2, self.values, self.meta, self.bias)
+            if triton_decode.permute_ok(x2, self.values):
+                return triton_decode.gemv24(x2, self.values, self.meta, self.bias)
+            path, alg = "cslt", 0  # an input not 8-byte aligned: the library path
         rows = x2.shape[0]
         xt = self._pad(x2).t()
         if path == "cslt_c":
             xt = xt.contiguous()
-        y = torch._cslt_sparse_mm(self._compressed, xt, self.bias, alg_id=alg, split_k=split,
-                                  split_k_mode=mode)  # [out, padded rows]
+        y = torch._cslt_sparse_mm(self._compressed, xt, self.bias, alg_id=alg)  # [out, padded rows]
         y = y[:, :rows].t()
         return y.contiguous() if self.contiguous_output or rows <= 16 else y
 

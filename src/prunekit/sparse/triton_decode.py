@@ -3,7 +3,11 @@ weights (values [out, in/2] + 4-bit group indices, see packing.py) directly.
 
 Decode is memory-bound: the dense product reads out·in·2 bytes of fp16 weight, this kernel reads
 out·in·(1 + 1/8) bytes — 0.5625× — so its ceiling is ≈1.78× the dense speed. The activations x are
-tiny; the kernel rebuilds each dense weight tile in registers and multiplies on the tensor cores.
+tiny. Two kernels: `spmm24` (≤ 16 rows) rebuilds each dense weight tile in registers and multiplies on
+the tensor cores; `gemv24` (1 row) streams the packed weight once. A 1-row kernel is bound by instructions,
+not bytes, unless it spends only a few per value (SASS counts: bench/gemv_sass.py): an earlier form with a
+gather of x, index arithmetic and masks per value (20–25 instructions) read ≈ 2 TB/s on an H200; `gemv24`
+picks x with byte permutes (≈ 6 per value) and reads ≈ 3.2 TB/s.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ except ImportError:  # CPU installs without Triton: callers check `available()`
 
 MAX_ROWS = 16
 DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
-GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_V": 512, "num_warps": 2, "num_stages": 3}  # best on most shapes (H100)
-GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_V": v, "num_warps": w, "num_stages": 3, "META_DIRECT": meta}
-                for n in (1, 2, 4, 8, 16) for v in (256, 512, 1024, 2048) for w in (2, 4, 8) for meta in (0, 1)
-                # the per-value accumulator must fit in registers: at most 64 fp32 per thread
-                if n * v <= 64 * 32 * w]
+#: gemv24 launch configurations: BLOCK_N rows × BLOCK_B index bytes (4 values each) per program and step
+GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
+                for n in (1, 2, 4, 8) for bb in (64, 128, 256) for w in (1, 2, 4, 8) for st in (2, 3)
+                if 32 * w <= n * bb <= 32 * 32 * w]  # 1 to 32 bytes per thread
+GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # tuned best for 4096×4096 (H200)
 #: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
 TUNED: dict[tuple[int, int, int], dict] = {}
 CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": st}
@@ -83,44 +87,92 @@ if triton is not None:
 
 
 if triton is not None:
+    # One index byte covers two groups a, b (inputs 8j..8j+7) and their 4 kept values. Its 2-bit indices
+    # i0a i1a i0b i1b are spread into nibbles c = i0a | i1a << 4 | i0b << 8 | i1b << 12 (two shift-or-and),
+    # a byte permute through the table 0x76543210 turns each index i into the selector byte of x's fp16
+    # element i (bytes 2i, 2i+1: 0x10, 0x32, 0x54, 0x76), and two more permutes pick [x[i0a], x[i1a]] and
+    # [x[i0b], x[i1b]] out of the group's 8 bytes of x. Then v_a·x_a + v_b·x_b in packed half precision
+    # (each product and the pair sum rounded once, as an fp16 GEMM's inputs are) and both halves widened
+    # to fp32, where the row's sum accumulates. ≈ 14 instructions for 4 values.
+    _PICK = """{
+    .reg .b32 t, c, s, lut, pa, pb, p;
+    .reg .b16 lo, hi;
+    shl.b32 t, $4, 4;
+    or.b32 t, t, $4;
+    and.b32 t, t, 0x0F0F;
+    shl.b32 c, t, 2;
+    or.b32 c, c, t;
+    and.b32 c, c, 0x3333;
+    mov.b32 lut, 0x76543210;
+    prmt.b32 s, lut, 0, c;
+    prmt.b32 pa, $5, $6, s;
+    shr.b32 s, s, 16;
+    prmt.b32 pb, $7, $8, s;
+    mul.rn.TYPE p, $2, pa;
+    fma.rn.TYPE p, $3, pb, p;
+    mov.b32 {lo, hi}, p;
+    cvt.f32.SCALAR $0, lo;
+    cvt.f32.SCALAR $1, hi;
+    }"""
+    _PICK_F16 = tl.constexpr(_PICK.replace("TYPE", "f16x2").replace("SCALAR", "f16"))
+    _PICK_BF16 = tl.constexpr(_PICK.replace("TYPE", "bf16x2").replace("SCALAR", "bf16"))
+
+    @triton.jit
+    def _half(word, k, BF16: tl.constexpr):
+        """The k-th 16-bit float of an integer word, as fp32."""
+        bits = ((word >> (16 * k)) & 0xFFFF).to(tl.uint16)
+        return bits.to(tl.bfloat16 if BF16 else tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _byte_products(vw, m, xab, xcd, BF16: tl.constexpr, EMULATE: tl.constexpr):
+        """Σ of the 4 products of each index byte: vw [R, B] 64-bit words of 4 kept values, m [R, B] index
+        bytes, xab / xcd [B] the byte's 8 inputs as two 64-bit words. EMULATE computes the same sum with
+        plain Triton operations (for the CPU interpreter, which cannot run PTX)."""
+        if EMULATE:
+            xab2, xcd2 = xab[None, :], xcd[None, :]
+            return (_half(vw, 0, BF16) * _half(xab2, m & 3, BF16) + _half(vw, 1, BF16) * _half(xab2, (m >> 2) & 3, BF16)
+                    + _half(vw, 2, BF16) * _half(xcd2, (m >> 4) & 3, BF16) + _half(vw, 3, BF16) * _half(xcd2, m >> 6, BF16))
+        args = [(vw & 0xFFFFFFFF).to(tl.uint32), (vw >> 32).to(tl.uint32), m.to(tl.uint32),
+                tl.broadcast_to((xab & 0xFFFFFFFF).to(tl.uint32)[None, :], vw.shape),
+                tl.broadcast_to((xab >> 32).to(tl.uint32)[None, :], vw.shape),
+                tl.broadcast_to((xcd & 0xFFFFFFFF).to(tl.uint32)[None, :], vw.shape),
+                tl.broadcast_to((xcd >> 32).to(tl.uint32)[None, :], vw.shape)]
+        lo, hi = tl.inline_asm_elementwise(_PICK_BF16 if BF16 else _PICK_F16, "=f,=f,r,r,r,r,r,r,r", args,
+                                           dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+        return lo + hi
 
     @triton.jit
     def _gemv24_kernel(x_ptr, v_ptr, m_ptr, bias_ptr, y_ptr, N, K, stride_vn, stride_mn,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       META_DIRECT: tl.constexpr):
-        """y[n] = Σ_j values[n, j] · x[4·(j // 2) + idx(n, j)] for a single row x (the batch-1 decode case).
-
-        Values are streamed as contiguous [BLOCK_N, BLOCK_V] tiles. Value j's 2-bit index sits in byte j // 4
-        of its row's index bytes: either the tile's [BLOCK_N, BLOCK_V/4] bytes are loaded once and widened
-        to one per value with two interleaves (META_DIRECT = 0), or each value loads its byte itself
-        (META_DIRECT = 1: four neighbours read the same byte from cache, no register shuffles). The x entry
-        of each value is gathered from cache. Plain FMAs into one fp32 partial sum per value slot, reduced
-        across the tile once at the end (a reduction per step was slower); no padding to 16 rows.
-        """
+                       BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BF16: tl.constexpr, EMULATE: tl.constexpr):
+        """y[n] = Σ_j values[n, j] · x[4·(j // 2) + idx(n, j)] for one 16-bit row x, BLOCK_N rows per program,
+        BLOCK_B index bytes per step. Values and inputs are read as 64-bit words (4 halves); full steps run
+        without masks (rows past N re-read row N − 1 and are not stored), the last partial step with them."""
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-        half = K // 2
-        for j0 in range(0, half, BLOCK_V):
-            j = j0 + tl.arange(0, BLOCK_V)
-            ok = row_ok[:, None] & (j < half)[None, :]
-            v = tl.load(v_ptr + rows[:, None] * stride_vn + j[None, :], mask=ok, other=0.0)
-            if META_DIRECT:
-                byte = tl.load(m_ptr + rows[:, None] * stride_mn + (j // 4)[None, :], mask=ok, other=0).to(tl.int32)
-            else:
-                b = j0 // 4 + tl.arange(0, BLOCK_V // 4)
-                byte = tl.load(m_ptr + rows[:, None] * stride_mn + b[None, :],
-                               mask=row_ok[:, None] & (b * 4 < half)[None, :], other=0).to(tl.int32)
-                byte = tl.interleave(byte, byte)
-                byte = tl.interleave(byte, byte)  # [BLOCK_N, BLOCK_V]: the byte holding value j's index
-            idx = (byte >> ((j % 4) * 2)[None, :]) & 3
-            x = tl.load(x_ptr + (j // 2 * 4)[None, :] + idx, mask=ok, other=0.0).to(tl.float32)
-            acc += v.to(tl.float32) * x
+        rows_ld = tl.minimum(rows, N - 1)
+        v64 = v_ptr.to(tl.pointer_type(tl.uint64))
+        x64 = x_ptr.to(tl.pointer_type(tl.uint64))
+        v_row = v64 + rows_ld[:, None] * (stride_vn // 4)
+        m_row = m_ptr + rows_ld[:, None] * stride_mn
+        nbytes = K // 8
+        full = nbytes // BLOCK_B * BLOCK_B
+        acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
+        for b0 in range(0, full, BLOCK_B):
+            b = b0 + tl.arange(0, BLOCK_B)
+            acc += _byte_products(tl.load(v_row + b[None, :]), tl.load(m_row + b[None, :]),
+                                  tl.load(x64 + 2 * b), tl.load(x64 + 2 * b + 1), BF16, EMULATE)
+        if full < nbytes:
+            b = full + tl.arange(0, BLOCK_B)
+            ok = b < nbytes
+            acc += _byte_products(tl.load(v_row + b[None, :], mask=ok[None, :], other=0),
+                                  tl.load(m_row + b[None, :], mask=ok[None, :], other=0),
+                                  tl.load(x64 + 2 * b, mask=ok, other=0), tl.load(x64 + 2 * b + 1, mask=ok, other=0),
+                                  BF16, EMULATE)
         out = tl.sum(acc, axis=1)
         if HAS_BIAS:
-            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=row_ok)
+            out += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=rows < N)
 
 
 def launch_device(x: torch.Tensor):
@@ -129,20 +181,28 @@ def launch_device(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def permute_ok(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether gemv24 can read x and the values as 64-bit words: 16-bit floats, 8-byte aligned rows."""
+    return (x.dtype in (torch.float16, torch.bfloat16) and values.dtype == x.dtype and values.stride(1) == 1
+            and values.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0 and values.data_ptr() % 8 == 0)
+
+
 def gemv24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
            config: dict | None = None) -> torch.Tensor:
-    """x [1, in] times the packed 2:4 weight transposed: [1, out]."""
+    """x [1, in] (fp16 or bf16) times the packed 2:4 weight transposed: [1, out]."""
     if triton is None:
         raise RuntimeError("the 2:4 decode kernel needs Triton")
     x = x.contiguous()
+    if not permute_ok(x, values):
+        raise ValueError("gemv24 reads 16-bit x and values as 8-byte aligned 64-bit words")
     N, K = values.shape[0], x.shape[1]
     cfg = config or TUNED.get((N, K, "gemv")) or GEMV_DEFAULT
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
     with launch_device(x):
         _gemv24_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             x, values, meta, bias if bias is not None else values, y, N, K, values.stride(0), meta.stride(0),
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], HAS_BIAS=bias is not None,
-            META_DIRECT=int(cfg.get("META_DIRECT", 0)), num_warps=cfg["num_warps"],
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_B=cfg["BLOCK_B"], HAS_BIAS=bias is not None,
+            BF16=x.dtype == torch.bfloat16, EMULATE=not x.is_cuda, num_warps=cfg["num_warps"],
             num_stages=cfg.get("num_stages", 3))
     return y
 
@@ -175,7 +235,7 @@ def spmm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
 def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict] | None = None,
          kernel: str = "spmm") -> tuple[dict, float]:
     """Time every launch configuration for this weight shape and row count; remember the best.
-    Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row)."""
+    Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row, 16-bit)."""
     from .timing import L2_BYTES, time_calls
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
