@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--method", default="wanda", help=", ".join(CONFIGS))
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights removed (unstructured)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured or N:M (2:4, 4:8, ...)")
+    p.add_argument("--pattern", default="unstructured",
+                   help="unstructured, N:M (2:4, 4:8, ...) or structured (with --method rotpruner or slicegpt)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
@@ -162,8 +163,19 @@ def _add_config_fields(p: argparse.ArgumentParser, cls, names) -> None:
         p.add_argument(_flag(f), dest=name, type=kind, help=f"{f.metadata.get('help', '')} (default {f.default})")
 
 
+#: --pattern structured: the method that removes whole dimensions for each method that has one
+STRUCTURED = {"rotpruner": "rotpruner-structured", "rotpruner-structured": "rotpruner-structured",
+              "slicegpt": "slicegpt"}
+
+
 def _method_config(args):
-    """The method's config dataclass from the CLI flags; a flag the method does not take is an error."""
+    """The method's config dataclass from the CLI flags; a flag the method does not take is an error.
+    `--method rotpruner --pattern structured` (the RotPruner paper's spelling) is rotpruner-structured."""
+    if args.pattern == "structured":
+        if args.method not in STRUCTURED:
+            raise UsageError(f"--pattern structured is not a pattern of --method {args.method}: use --method "
+                             f"rotpruner or slicegpt with --slicing (or --method wanda-channels for MLP channels)")
+        args.method, args.pattern = STRUCTURED[args.method], "unstructured"
     cls = config_class(args.method)
     kwargs = {"sparsity": args.sparsity, "pattern": args.pattern}
     for name, (f, methods) in method_options().items():

@@ -111,6 +111,20 @@ def test_cli_slicegpt(tiny_model_dir, text_file, tmp_path, capsys):
         assert not target.exists()
 
 
+def test_cli_rotpruner_pattern_structured(tiny_model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "rps"
+    argv = _argv(tiny_model_dir, text_file, out, "--method", "rotpruner", "--pattern", "structured",
+                 "--slicing", "0.25", "--steps", "1", "--skip-dense-eval")
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "rotpruner-structured" and report["saved"]["format"] == "sliced"
+    capsys.readouterr()
+    target = tmp_path / "wanda-structured"
+    code = main(_argv(tiny_model_dir, text_file, target, "--method", "wanda", "--pattern", "structured"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--pattern structured" in err and len(err.strip().splitlines()) == 1 and not target.exists()
+
+
 def test_cli_refuses_opt(tmp_path, text_file, capsys):
     model_dir = save_tiny(tmp_path / "opt", "opt")
     out = tmp_path / "out"
