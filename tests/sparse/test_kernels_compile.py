@@ -16,20 +16,21 @@ from prunekit.sparse import triton_decode  # noqa: E402
 PTRS = {"x_ptr": "*fp16", "v_ptr": "*fp16", "m_ptr": "*u8", "bias_ptr": "*fp16", "y_ptr": "*fp16"}
 
 
-def compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int = 4):
+def compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int = 4, arch: int = 90):
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
     kernel = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 3})
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": 3})
     return kernel.asm["cubin"]
 
 
+@pytest.mark.parametrize("arch", [80, 90])  # A100 and H100/H200
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_gemv24_compiles_for_sm90(dtype):  # ptxas checks the inline PTX of the byte-permute step
+def test_gemv24_compiles_for_sm80_and_sm90(dtype, arch):  # ptxas checks the inline PTX of the byte-permute step
     sig = {**{name: f"*{dtype}" for name in PTRS}, "m_ptr": "*u8", "N": "i32", "K": "i32", "stride_vn": "i32",
            "stride_mn": "i32"}
     cubin = compile_for_hopper(triton_decode._gemv24_kernel, sig,
                                {"BLOCK_N": 2, "BLOCK_B": 256, "HAS_BIAS": True, "BF16": dtype == "bf16",
-                                "EMULATE": False}, num_warps=4)
+                                "EMULATE": False}, num_warps=4, arch=arch)
     assert len(cubin) > 0
 
 

@@ -109,9 +109,12 @@ class SparseLinear24(nn.Module):
         if x2.shape[0] <= triton_decode.MAX_ROWS and triton_decode.available():
             found.append(("triton", 0))
         if x2.shape[0] == 1 and triton_decode.available() and triton_decode.permute_ok(x2, self.values):
-            if (self.out_features, self.in_features, "gemv") not in triton_decode.TUNED:
-                triton_decode.tune(self.values, self.meta, 1, kernel="gemv")
-            found.append(("gemv", 0))
+            try:
+                if (self.out_features, self.in_features, "gemv", x2.dtype) not in triton_decode.TUNED:
+                    triton_decode.tune(self.values, self.meta, 1, kernel="gemv")
+                found.append(("gemv", 0))
+            except RuntimeError:  # no configuration builds on this GPU: the library paths only
+                pass
         return found
 
     def _choose(self, x2: torch.Tensor, key: tuple) -> tuple[str, int]:
