@@ -5,9 +5,11 @@ A random-weight Llama of Llama-2-7B's width (hidden 4096, MLP 11008, 32 heads, v
 restructured to each slicing fraction (prunekit.methods.slicegpt.layers.restructure: the shapes SliceGPT
 gives, k × k shortcuts included, head and embeddings sliced as in the paper's untied layout). Speed
 depends only on the shapes, so the weights are random. fp16; prefill and every decode step replay a CUDA
-graph (prunekit.eval.speed.measure_model through bench/slicegpt_speed.measure).
+graph (prunekit.eval.speed.measure_model through bench/slicegpt_speed.measure). `--shared-layer-basis`
+adds, per fraction, the shapes of one basis per layer (one k × k shortcut per layer instead of two).
 
-    PYTHONPATH=src python bench/sliced_width_speed.py [--layers 4] [--slicings 0.2,0.3] [--json out.json]
+    PYTHONPATH=src python bench/sliced_width_speed.py [--layers 4] [--slicings 0.2,0.3] [--shared-layer-basis]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from prunekit.methods.slicegpt.pca import sliced_width  # noqa: E402
 from slicegpt_speed import fuse_norms, measure  # noqa: E402
 
 
-def build(layers: int, slicing: float | None, fused: bool = False):
+def build(layers: int, slicing: float | None, fused: bool = False, shared: bool = False):
     torch.manual_seed(0)
     model = random_llama(layers=layers, device="cuda")
     if slicing is not None:
         k = sliced_width(model.config.hidden_size, slicing, round_to=8)
-        restructure(model, [k] * (2 * layers + 1), tied=False)
+        restructure(model, [k] * (2 * layers + 1), tied=False, shared=shared)
         model.to("cuda")
         with torch.no_grad():
             for p in model.parameters():
@@ -49,17 +51,20 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--shared-layer-basis", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     batches = [int(b) for b in args.batches.split(",")]
-    cells = [("dense", None, False), ("dense, fused norm", None, True)] + \
-        [(f"sliced {s:.0%}", s, False) for s in map(float, args.slicings.split(","))]
+    slicings = [float(s) for s in args.slicings.split(",")]
+    cells = [("dense", None, False, False), ("dense, fused norm", None, True, False)] + \
+        [(f"sliced {s:.0%}", s, False, False) for s in slicings] + \
+        [(f"sliced {s:.0%}, shared basis", s, False, True) for s in slicings if args.shared_layer_basis]
     rows = []
-    for name, slicing, fused in cells:
-        model = build(args.layers, slicing, fused)
-        row = {"model": name, "slicing": slicing, "parameters": parameter_count(model),
+    for name, slicing, fused, shared in cells:
+        model = build(args.layers, slicing, fused, shared)
+        row = {"model": name, "slicing": slicing, "shared_layer_basis": shared, "parameters": parameter_count(model),
                **measure(model, "cuda", batches, args.prompt_len, args.gen_len, repeats=5)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -7,7 +7,7 @@ Prints one JSON line per cell as it finishes and a markdown table last.
 
     python bench/slicegpt_gpu.py --device cuda [--model smollm2-135m | DIR | file.gguf] [--data ../shared/data]
         [--slicings 0.2,0.3] [--methods slicegpt,rotpruner-structured] [--steps 200] [--lr 1e-3]
-        [--train-seqlen 512] [--speed-batches 1,16] [--round-to 8] [--json out.json]
+        [--train-seqlen 512] [--speed-batches 1,16] [--round-to 8] [--shared-layer-basis] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--speed-dtype", default="float16", help="dtype of the speed test (quality runs are fp32)")
     parser.add_argument("--round-to", type=int, default=8, help="round the kept width to a multiple of this")
+    parser.add_argument("--shared-layer-basis", action="store_true",
+                        help="one basis per layer (no attention shortcut), for both methods")
     parser.add_argument("--json", help="write all results here")
     add_config_flags(parser, RotPrunerStructuredConfig(steps=200), TUNABLE)
     args = parser.parse_args()
@@ -84,8 +86,9 @@ def main() -> None:
     rows = []
     for slicing in [float(s) for s in args.slicings.split(",")]:
         for method in args.methods.split(","):
-            config = (SliceGPTConfig(slicing=slicing, round_to=args.round_to) if method == "slicegpt"
-                      else RotPrunerStructuredConfig(slicing=slicing, round_to=args.round_to, **overrides))
+            common = {"slicing": slicing, "round_to": args.round_to, "shared_layer_basis": args.shared_layer_basis}
+            config = (SliceGPTConfig(**common) if method == "slicegpt"
+                      else RotPrunerStructuredConfig(**common, **overrides))
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             result = prune(model, config, calib, device=args.device, progress=False)

@@ -134,13 +134,14 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
 # Sliced format (SliceGPT, RotPruner-structured) — a model directory holding
 #   config.json           the ORIGINAL architecture's config plus a block
 #                         "prunekit_sliced": {"version": 1, "hidden_size": d, "dims": [k_a^0, k_m^0, ..., k_a^L],
-#                                             "tied": bool}
+#                                             "tied": bool[, "shared_layer_basis": true]}
 #                         (the kept width of the embeddings/attention input of each layer, of each MLP input,
 #                         and of the head's input: 2L + 1 numbers; "tied": the embedding table stays whole and
 #                         shared with the head, with `model.layers.0.in_proj` [d, k_a^0] and
 #                         `model.norm.out_proj` [k_a^L, d]; the head is then not stored)
 #   model.safetensors     every tensor with its sliced shape, under the original names, plus per layer
 #                         `model.layers.<i>.attn_shortcut` [k_a^i, k_m^i] and `.mlp_shortcut` [k_m^i, k_a^{i+1}]
+#                         ("shared_layer_basis": one basis per layer, k_m^i = k_a^i, no attn_shortcut stored)
 #   tokenizer files, generation_config.json
 # `load_sliced_dir` builds the original architecture, gives it the sliced shapes
 # (prunekit.methods.slicegpt.layers.restructure) and loads the state dict strictly.
@@ -186,7 +187,7 @@ def load_sliced_dir(directory: str | Path, dtype: torch.dtype | None = None) -> 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model._prunekit_rotation_invariant = True  # the norms are folded: restructure keeps RMSN without weights
     info = getattr(config, SLICED_KEY)
-    restructure(model, info["dims"], tied=info.get("tied", False))
+    restructure(model, info["dims"], tied=info.get("tied", False), shared=info.get("shared_layer_basis", False))
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     if info.get("tied", False):
         missing = [name for name in missing if name != "lm_head.weight"]  # shares the table's storage

@@ -212,3 +212,55 @@ def test_rotpruner_structured_tied_starts_at_slicegpt():
     prune(b, config, calib, progress=False)
     with torch.no_grad():
         assert torch.allclose(a(calib).logits, b(calib).logits, atol=1e-4)
+
+
+def test_shared_layer_basis(tmp_path):
+    """One basis per layer: slicing 0 keeps the logits, no attention shortcut, k² fewer parameters per layer
+    than per-block bases (and other logits), and the saved model reloads with the same logits."""
+    from conftest import byte_tokenizer
+    from prunekit.export import save_sliced
+
+    ids, calib = random_windows(2, 24, seed=7), random_windows(4, 32)
+    model = _tied_llama()
+    with torch.no_grad():
+        dense = model(ids).logits
+    prune(model, SliceGPTConfig(slicing=0.0, shared_layer_basis=True), calib, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, dense, atol=1e-4)
+
+    shared, per_block = _tied_llama(), _tied_llama()
+    a = prune(shared, SliceGPTConfig(slicing=0.25, shared_layer_basis=True), calib, progress=False).details["slicegpt"]
+    b = prune(per_block, SliceGPTConfig(slicing=0.25), calib, progress=False).details["slicegpt"]
+    k, layers = 48, len(shared.model.layers)
+    assert a["shared_layer_basis"] and a["format"]["shared_layer_basis"]
+    assert all(layer.attn_shortcut is None and layer.mlp_shortcut.shape == (k, k) for layer in shared.model.layers)
+    assert b["parameters_after"] - a["parameters_after"] == layers * k * k
+    with torch.no_grad():
+        out_shared, out_per_block = shared(ids).logits, per_block(ids).logits
+    assert torch.isfinite(out_shared).all() and not torch.allclose(out_shared, out_per_block, atol=1e-3)
+    save_sliced(shared, tmp_path, byte_tokenizer())
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+    assert not any("attn_shortcut" in n for n in names) and any("mlp_shortcut" in n for n in names)
+    loaded, _ = load_model(str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, out_shared)
+
+
+def test_rotpruner_structured_shared_basis_is_one_frame():
+    """Learning with a shared layer basis keeps U_m^l = U_a^l (one Stiefel parameter per layer)."""
+    calib = random_windows(2, 32)
+    a, b = _tied_llama(1), _tied_llama(1)
+    prune(a, SliceGPTConfig(slicing=0.25, shared_layer_basis=True), calib, progress=False)
+    config = RotPrunerStructuredConfig(slicing=0.25, steps=1, lr=1e-12, train_samples=1, schedule="constant",
+                                       shared_layer_basis=True)
+    prune(b, config, calib, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(a(calib).logits, b(calib).logits, atol=1e-4)
+    c = _tied_llama(1)
+    config = RotPrunerStructuredConfig(slicing=0.25, steps=5, lr=0.05, train_samples=1, schedule="constant",
+                                       shared_layer_basis=True)
+    details = prune(c, config, calib, progress=False).details["rotpruner-structured"]
+    assert details["max_orthonormality_error"] < 1e-6 and c.model.layers[0].attn_shortcut is None

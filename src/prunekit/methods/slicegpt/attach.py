@@ -36,10 +36,11 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     make_rotation_invariant(model)
     d = model.config.hidden_size
     k = sliced_width(d, config.slicing, config.round_to)
-    bases = pca_bases(model, calib, k, device, batch_size, progress)
+    shared = config.shared_layer_basis
+    bases = pca_bases(model, calib, k, device, batch_size, progress, shared=shared)
     result.timings["calibration"] = time.perf_counter() - t0
     details = {"hidden_size": d, "kept": k, "slicing_target": config.slicing, "slicing_achieved": 1 - k / d,
-               "tied_embeddings_kept": g is not None}
+               "tied_embeddings_kept": g is not None, "shared_layer_basis": shared}
     dense = dense_tensors(model)
     if hasattr(config, "steps"):
         from .train import learn_bases
@@ -56,7 +57,7 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     model.to("cpu")
     bases = [U.detach().to("cpu", torch.float64) for U in bases]
     if not is_sliced(model):
-        restructure(model, [U.shape[1] for U in bases], tied=g is not None)
+        restructure(model, [U.shape[1] for U in bases], tied=g is not None, shared=shared)
     load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=g))  # the fusion in float64
     details["format"] = model.config.prunekit_sliced
     result.timings["pruning"] = time.perf_counter() - t1

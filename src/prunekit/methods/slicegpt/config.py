@@ -26,6 +26,9 @@ class SliceGPTConfig(PruneConfig):
         "flag": "--no-keep-tied",
         "help": "tied input/output embeddings: keep the shared table whole and add a d×k projection at each end "
                 "(--no-keep-tied: untie, slice both as in the paper)"})
+    shared_layer_basis: bool = field(default=False, metadata={
+        "help": "one basis per layer for its attention and MLP inputs (PCA of both): no attention shortcut, "
+                "k² fewer weights read per layer and token"})
 
     def __post_init__(self):
         super().__post_init__()

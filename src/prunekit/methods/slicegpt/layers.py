@@ -14,6 +14,8 @@ of layer l−1, U_a^0 the embeddings' basis), the MLP input of layer l (U_m^l), 
 
 and a layer computes  m = x S_attn + attn(n(x)),  y = m S_mlp + mlp(n(m)).
 
+Shared layer basis (`shared`): U_m^l = U_a^l, so S_attn = I and is not stored: m = x + attn(n(x)).
+
 Norms: RMSNorm commutes with an orthonormal Q only when every dimension is kept, so the sliced model's
 norms are RMSN(x) = x / sqrt(‖x‖² / d + ε) with d the ORIGINAL width (no weight: it is folded): on an
 unsliced rotated signal it equals the original norm exactly, on a sliced one it is the norm of the
@@ -62,16 +64,17 @@ class SlicedLlamaLayer(nn.Module):
     """A Llama-family decoder layer on sliced residual signals: m = x S_attn + attn(n(x)), y = m S_mlp + mlp(n(m)).
 
     Keeps the original attention and MLP modules (their weights sliced in place) and their names, so
-    the state dict keys are the original ones plus `attn_shortcut` and `mlp_shortcut`."""
+    the state dict keys are the original ones plus `attn_shortcut` (absent when it is the identity: a
+    shared layer basis) and `mlp_shortcut`."""
 
-    def __init__(self, layer: nn.Module, mean_dim: int, eps: float, attn_shortcut: torch.Tensor,
+    def __init__(self, layer: nn.Module, mean_dim: int, eps: float, attn_shortcut: torch.Tensor | None,
                  mlp_shortcut: torch.Tensor, in_proj: torch.Tensor | None = None):
         super().__init__()
         # layer 0 of a tied model: the full-width embeddings are projected on U_a^0 first
         self.in_proj = None if in_proj is None else nn.Parameter(in_proj, requires_grad=False)
         self.self_attn, self.mlp = layer.self_attn, layer.mlp
         self.input_layernorm, self.post_attention_layernorm = RMSN(mean_dim, eps), RMSN(mean_dim, eps)
-        self.attn_shortcut = nn.Parameter(attn_shortcut, requires_grad=False)
+        self.attn_shortcut = None if attn_shortcut is None else nn.Parameter(attn_shortcut, requires_grad=False)
         self.mlp_shortcut = nn.Parameter(mlp_shortcut, requires_grad=False)
         if hasattr(layer, "attention_type"):
             self.attention_type = layer.attention_type
@@ -80,7 +83,7 @@ class SlicedLlamaLayer(nn.Module):
         if self.in_proj is not None:
             hidden_states = hidden_states @ self.in_proj.to(hidden_states.dtype)
         h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-        m = _add_shortcut(h, hidden_states, self.attn_shortcut)
+        m = h + hidden_states if self.attn_shortcut is None else _add_shortcut(h, hidden_states, self.attn_shortcut)
         return _add_shortcut(self.mlp(self.post_attention_layernorm(m)), m, self.mlp_shortcut)
 
 
@@ -121,16 +124,19 @@ def _resize(linear: nn.Linear, out_features: int, in_features: int) -> None:
     linear.out_features, linear.in_features = out_features, in_features
 
 
-def restructure(model: nn.Module, dims: list[int], tied: bool = False) -> dict:
+def restructure(model: nn.Module, dims: list[int], tied: bool = False, shared: bool = False) -> dict:
     """Give a Llama-family model the sliced shapes (placeholder zero weights of the sliced sizes, sliced
     layers, RMSN norms) for the widths `dims` = [k_a^0, k_m^0, ..., k_a^L]; returns the `prunekit_sliced`
     description, also stored on `model.config`. Weights come after, from `sliced_tensors` or a state dict.
-    `tied`: keep the embedding table and the head whole and tied (module docstring)."""
+    `tied`: keep the embedding table and the head whole and tied; `shared`: one basis per layer, no
+    attention shortcut (module docstring)."""
     check_sliceable(model)
     adapter = get_adapter(model)
     layers = adapter.layers()
     if len(dims) != 2 * len(layers) + 1:
         raise ValueError(f"need {2 * len(layers) + 1} widths for {len(layers)} layers, got {len(dims)}")
+    if shared and any(dims[2 * i] != dims[2 * i + 1] for i in range(len(layers))):
+        raise ValueError("a shared layer basis needs the same width at a layer's attention and MLP inputs")
     d, eps = model.config.hidden_size, _rms_eps(model)
     embed = model.get_submodule(adapter.embedding_paths[0])
     if not tied:
@@ -147,8 +153,8 @@ def restructure(model: nn.Module, dims: list[int], tied: bool = False) -> dict:
         _resize(mlp.down_proj, kn, mlp.down_proj.in_features)
         dtype = attn.q_proj.weight.dtype
         in_proj = torch.zeros(d, ka, dtype=dtype) if tied and i == 0 else None
-        layers[i] = SlicedLlamaLayer(layer, d, eps, torch.zeros(ka, km, dtype=dtype), torch.zeros(km, kn, dtype=dtype),
-                                     in_proj)
+        attn_shortcut = None if shared else torch.zeros(ka, km, dtype=dtype)
+        layers[i] = SlicedLlamaLayer(layer, d, eps, attn_shortcut, torch.zeros(km, kn, dtype=dtype), in_proj)
     head = model.get_submodule(adapter.head_path)
     if tied:
         head.weight = embed.weight
@@ -160,6 +166,8 @@ def restructure(model: nn.Module, dims: list[int], tied: bool = False) -> dict:
     out_proj = torch.zeros(dims[-1], d, dtype=embed.weight.dtype) if tied else None
     setattr(model.get_submodule(parent), child, RMSN(d, eps, out_proj))
     info = {"version": 1, "hidden_size": d, "dims": [int(k) for k in dims], "tied": bool(tied)}
+    if shared:
+        info["shared_layer_basis"] = True
     model.config.prunekit_sliced = info
     model._prunekit_sliced = True
     return info
@@ -188,6 +196,7 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
     sliced table and head."""
     adapter = get_adapter(model)
     U = bases
+    shared = is_shared(model)
 
     source = dense
 
@@ -210,7 +219,8 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
             out[f"{p}.{op}.weight"] = basis.t() @ D(f"{p}.{op}.weight")
             if f"{p}.{op}.bias" in dense:
                 out[f"{p}.{op}.bias"] = D(f"{p}.{op}.bias") @ basis
-        out[f"{p}.attn_shortcut"] = Ua.t() @ Um
+        if not shared:
+            out[f"{p}.attn_shortcut"] = Ua.t() @ Um
         out[f"{p}.mlp_shortcut"] = Um.t() @ Un
     return out
 
@@ -226,15 +236,17 @@ def load_sliced(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def slice_model(model: nn.Module, bases: list[torch.Tensor], tied_scale: torch.Tensor | None = None) -> dict:
+def slice_model(model: nn.Module, bases: list[torch.Tensor], tied_scale: torch.Tensor | None = None,
+                shared: bool = False) -> dict:
     """Rotate and slice a rotation-invariant Llama-family model in place (module docstring for the equations).
 
     `bases` = [U_a^0, U_m^0, U_a^1, U_m^1, ..., U_a^L]: 2L + 1 matrices d × k with orthonormal columns;
     the fusion is computed in float64. `tied_scale`: keep the tied table whole (module docstring; g = the
-    final norm's scale before folding). Returns the `prunekit_sliced` description (also on `model.config`)."""
+    final norm's scale before folding; `shared`: U_m^l = U_a^l, no attention shortcut). Returns the
+    `prunekit_sliced` description (also on `model.config`)."""
     dense = dense_tensors(model)
     bases = [b.detach().to("cpu", torch.float64) for b in bases]
-    info = restructure(model, [b.shape[1] for b in bases], tied=tied_scale is not None)
+    info = restructure(model, [b.shape[1] for b in bases], tied=tied_scale is not None, shared=shared)
     load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=tied_scale))
     return info
 
@@ -250,6 +262,11 @@ def tied_scale(model: nn.Module) -> torch.Tensor | None:
 
 def is_sliced(model: nn.Module) -> bool:
     return bool(getattr(model, "_prunekit_sliced", False))
+
+
+def is_shared(model: nn.Module) -> bool:
+    """Whether the (restructured) model has one basis per layer, hence no attention shortcuts."""
+    return bool(getattr(model.config, "prunekit_sliced", {}).get("shared_layer_basis", False))
 
 
 def parameter_count(model: nn.Module) -> int:

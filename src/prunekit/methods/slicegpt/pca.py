@@ -12,6 +12,11 @@ basis changes, and the sliced norm RMSN(x U) equals the dense norm of the projec
     h_0 = P_a^0 emb
     m   = P_m^l (h + attn(n(h)))        U_m^l from the PCA of m before the projection
     h'  = P_a^{l+1} (m + mlp(n(m)))     U_a^{l+1} from the PCA of h' before the projection
+
+Shared layer basis (`shared=True`): one basis per layer, U^l = U_a^l = U_m^l, from the PCA of both signals
+the layer reads, C = C(h) + C(h + attn(n(h))) with h the layer's unprojected input; the layer then runs on
+P h and its MLP input is P (P h + attn(n(P h))). The attention shortcut (U_a^l)ᵀ U_m^l is then the identity
+and is not stored: the sliced model reads k² fewer weights per layer and token.
 """
 
 from __future__ import annotations
@@ -56,47 +61,62 @@ class _Covariance:
 
 @torch.no_grad()
 def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch_size: int = 8,
-              progress: bool = True) -> list[torch.Tensor]:
-    """[U_a^0, U_m^0, ..., U_a^L] (float64, d × k) of a rotation-invariant Llama-family model."""
+              progress: bool = True, shared: bool = False) -> list[torch.Tensor]:
+    """[U_a^0, U_m^0, ..., U_a^L] (float32, d × k) of a rotation-invariant Llama-family model; with `shared`
+    (module docstring) U_m^l is the same tensor object as U_a^l."""
     adapter = get_adapter(model)
     eps = float(getattr(model.config, "rms_norm_eps", 1e-6))
     d = model.config.hidden_size
     inputs = capture_inputs(adapter, calib, device, "cpu", batch_size, progress)
     hidden = inputs.hidden  # [n, T, d], projected in place as we go
 
-    def fit(signals) -> torch.Tensor:
+    def fit(*signal_lists) -> torch.Tensor:
         cov = _Covariance(d, eps)
-        for s in signals:
-            cov.add(s)
+        for signals in signal_lists:
+            for s in signals:
+                cov.add(s)
         return cov.basis(k).to(torch.float32)
 
     def project(t: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         U = U.to(t.device)
         return (t @ U) @ U.t()
 
-    bases = [fit(hidden.split(batch_size))]
-    for b in hidden.split(batch_size):
-        b.copy_(project(b, bases[0]))
-    for index, layer in enumerate(tqdm(adapter.layers(), desc="SliceGPT PCA", disable=not progress, leave=False)):
+    def attention_out(layer, kwargs, h: torch.Tensor) -> torch.Tensor:
+        h = h.to(device)
+        a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kwargs)
+        return (h + a).cpu()
+
+    layers = adapter.layers()
+    bases = []
+    if not shared:
+        bases.append(fit(hidden.split(batch_size)))
+        for b in hidden.split(batch_size):
+            b.copy_(project(b, bases[0]))
+    for index, layer in enumerate(tqdm(layers, desc="SliceGPT PCA", disable=not progress, leave=False)):
         layer.to(device)
         kwargs = inputs.kwargs[index]
-        mids = []
-        for b in hidden.split(batch_size):
-            h = b.to(device)
-            a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kwargs)
-            mids.append((h + a).cpu())
-        Um = fit(mids)
+        if shared:  # U^l from the layer's unprojected input and the MLP input it would give
+            U = fit(hidden.split(batch_size), [attention_out(layer, kwargs, b) for b in hidden.split(batch_size)])
+            bases.append(U)
+            for b in hidden.split(batch_size):
+                b.copy_(project(b, U))
+        mids = [attention_out(layer, kwargs, b) for b in hidden.split(batch_size)]
+        Um = bases[-1] if shared else fit(mids)
         bases.append(Um)
         outs = []
         for m in mids:
             m = project(m.to(device), Um)
             outs.append((m + layer.mlp(layer.post_attention_layernorm(m))).cpu())
         del mids
-        Un = fit(outs)
-        bases.append(Un)
+        last = index == len(layers) - 1
+        if shared and not last:  # the next layer fits its basis on its unprojected input
+            Un = None
+        else:
+            Un = fit(outs)
+            bases.append(Un)
         start = 0
         for o in outs:
-            hidden[start:start + o.shape[0]] = project(o, Un).to(hidden.dtype)
+            hidden[start:start + o.shape[0]] = (o if Un is None else project(o, Un)).to(hidden.dtype)
             start += o.shape[0]
         layer.to("cpu")
     return bases

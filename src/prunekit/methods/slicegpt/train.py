@@ -59,7 +59,8 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     log.teacher_seconds = time.perf_counter() - t0
     dense = {name: t.to(device, torch.float32) for name, t in dense.items()}
     tied = tied_scale is not None
-    restructure(model, [b.shape[1] for b in bases], tied=tied)
+    shared = bool(getattr(config, "shared_layer_basis", False))
+    restructure(model, [b.shape[1] for b in bases], tied=tied, shared=shared)
     model.to(device)
     model.requires_grad_(False)
     head = _DenseHead(dense[adapter.head_path + ".weight"])
@@ -69,9 +70,13 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     embed = model.get_submodule(adapter.embedding_paths[0])
 
     geoopt = _geoopt()
-    frames = [geoopt.ManifoldParameter(b.detach().to(device, torch.float64).clone(), manifold=geoopt.CanonicalStiefel())
-              for b in bases]
-    optimizer = make_optimizer(config.optimizer, frames, config.lr, config.momentum)
+    # a shared layer basis is one parameter: U_m^l is the same frame as U_a^l
+    slot = [2 * (i // 2) if shared and i % 2 and i < len(bases) - 1 else i for i in range(len(bases))]
+    frames = {i: geoopt.ManifoldParameter(bases[i].detach().to(device, torch.float64).clone(),
+                                          manifold=geoopt.CanonicalStiefel()) for i in sorted(set(slot))}
+    frames = [frames[i] for i in slot]
+    unique = list({id(f): f for f in frames}.values())
+    optimizer = make_optimizer(config.optimizer, unique, config.lr, config.momentum)
     schedule = lr_schedule(optimizer, config.schedule, steps)
     batches = window_batches(n, config.train_batch, config.train_seed)
     if device.type == "cuda":
@@ -103,15 +108,16 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step == 0:
-            log.grad_norm_first = float(sum(f.grad.pow(2).sum() for f in frames).sqrt())
+            log.grad_norm_first = float(sum(f.grad.pow(2).sum() for f in unique).sqrt())
         optimizer.step()
         schedule.step()
 
-        log.record_step(step, t1, loss, kl, mse, device, lambda: max(orthonormality_error(f) for f in frames))
+        log.record_step(step, t1, loss, kl, mse, device, lambda: max(orthonormality_error(f) for f in unique))
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
     log.record_peak_memory(device)
-    learned = [f.detach().cpu().clone() for f in frames]
+    learned = {id(f): f.detach().cpu().clone() for f in unique}
+    learned = [learned[id(f)] for f in frames]
     model.to("cpu")
     return learned, log
