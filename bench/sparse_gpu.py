@@ -15,7 +15,7 @@ import torch
 
 from prunekit.eval.speed import compare_linear, measure_model, random_24_linear, random_llama
 from prunekit.patterns import keep_n_of_m
-from prunekit.sparse import triton_decode
+from prunekit.sparse import cusparselt_lib, triton_decode
 from prunekit.sparse.linear import PLAN_TIMINGS, PLANS, SparseLinear24, convertible_shapes, sparsify
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
@@ -28,8 +28,14 @@ def probe_layout(out=4096, inp=4096):
     sparse = SparseLinear24.from_linear(layer)
     compressed = torch._cslt_compress(layer.weight.data)
     head = compressed.flatten()[: sparse.values.numel()].view_as(sparse.values)
-    return {"compressed_elements": compressed.numel(), "values_elements": sparse.values.numel(),
-            "values_prefix_equal": bool(torch.equal(head, sparse.values))}
+    found = {"compressed_elements": compressed.numel(), "values_elements": sparse.values.numel(),
+             "values_prefix_equal": bool(torch.equal(head, sparse.values))}
+    lib = cusparselt_lib.load()
+    if lib is not None:
+        own = cusparselt_lib.Weight24(lib, layer.weight.data).compressed.view(sparse.values.dtype)
+        found["newer_library"] = {"compressed_elements": own.numel(), "values_prefix_equal": bool(
+            torch.equal(own[: sparse.values.numel()].view_as(sparse.values), sparse.values))}
+    return found
 
 
 #: (split-K, cusparseLtSplitKMode_t) probed: −1 leaves the library's default, 2 = two kernels, 6 = stream-K
@@ -81,6 +87,8 @@ def main():
     t0 = time.time()
     info = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "triton": triton_decode.triton.__version__,
             "cusparselt": torch.backends.cusparselt.version(), "layout": probe_layout()}
+    lib = cusparselt_lib.load()  # a newer cuSPARSELt replaces torch's in SparseLinear24 where installed
+    info["cusparselt_lib"] = {"path": lib.path, "version": lib.version} if lib else None
     print(info, flush=True)
 
     info["split_k"] = probe_split_k()

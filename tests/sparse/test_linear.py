@@ -92,3 +92,44 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
                 cfg = {"BLOCK_N": block_n, "BLOCK_B": block_b, "num_warps": 1}
                 y = triton_decode.gemv24(x16, v16, meta, b16, cfg).float()
                 assert ((y - ref).norm() / ref.norm()) < tol
+
+
+def test_newer_cusparselt_is_found_from_the_environment(monkeypatch, tmp_path):
+    """PRUNEKIT_CUSPARSELT names the library first; without CUDA (or with "off") none is loaded."""
+    from prunekit.sparse import cusparselt_lib
+
+    lib = tmp_path / "libcusparseLt.so.0"
+    monkeypatch.setenv("PRUNEKIT_CUSPARSELT", str(lib))
+    assert cusparselt_lib.library_paths()[0] == str(lib)
+    monkeypatch.setenv("PRUNEKIT_CUSPARSELT", "off")
+    cusparselt_lib.load.cache_clear()
+    try:
+        assert cusparselt_lib.load() is None
+    finally:
+        cusparselt_lib.load.cache_clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("out_rows", [True, False])
+def test_newer_cusparselt_products_match_dense(out_rows):
+    """Every algorithm id of the newer library (where one is installed) computes x Wᵀ, in both output orders."""
+    from prunekit.sparse import cusparselt_lib
+
+    lib = cusparselt_lib.load()
+    if lib is None:
+        pytest.skip("no cuSPARSELt newer than torch's is installed (pip nvidia-cusparselt-cu13 or PRUNEKIT_CUSPARSELT)")
+    W = random_24(1024, 4096, torch.float16).cuda()
+    x = torch.randn(48, 4096, dtype=torch.float16, device="cuda")
+    ref = (x @ W.t()).float()
+    weight = cusparselt_lib.Weight24(lib, W)
+    searched = weight.searched(x, out_rows)
+    ran = []
+    for alg in range(weight.plan(48, out_rows, searched).max_alg):
+        try:
+            y = weight.mm(x, out_rows, alg)
+        except cusparselt_lib.CusparseLtError:  # an id the library refuses for this shape
+            continue
+        assert y.shape == (48, 1024) and y.is_contiguous() == out_rows
+        assert ((y.float() - ref).norm() / ref.norm()) < 2e-3, alg
+        ran.append(alg)
+    assert searched in ran and len(ran) > 1

@@ -12,7 +12,11 @@ timing them once in a CUDA graph and caching the winner:
             (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3 (an id the
             library lacks is skipped). Split-K is not searched: cuSPARSELt 0.8 on an H200 refused every
             split-K > 1 for these shapes (`bench/sparse_gpu.py` records the probe);
-- `cslt_c`: the same with xᵀ made contiguous first.
+- `cslt_c`: the same with xᵀ made contiguous first;
+- `lib`:    where a newer cuSPARSELt than torch's is installed (`cusparselt_lib`: torch 2.11 is built with
+            0.8.0), that library replaces torch's for every cuSPARSELt path: the weight is compressed by
+            it, and D = W xᵀ is written column-major, i.e. directly as the contiguous [rows, out] output.
+            Candidates: its searched algorithm and ids in LIB_ALGS (the fastest on an H200 with 0.10).
 cuSPARSELt writes W xᵀ as [out, rows]; asking it for [rows, out] (`transpose_result=True`) makes
 the algorithm search fail (internal error) and the default algorithm 2.7× slower, so the layer
 returns the transpose as a view. Consumers that only add, multiply or feed another linear layer
@@ -32,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import triton_decode
+from . import cusparselt_lib, triton_decode
 from .packing import is_24, pack_24, unpack_24
 
 #: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id), shared by all
@@ -41,6 +45,8 @@ PLANS: dict[tuple, tuple[str, int]] = {}
 #: cuSPARSELt algorithm ids tried besides the searched one (an id the library lacks for a shape is skipped)
 CSLT_ALGS = range(4)
 PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
+#: algorithm ids of the newer library tried besides its searched one (bench/cusparselt_prefill.py, H200, 0.10)
+LIB_ALGS = (6, 27, 42)
 
 
 def cusparselt_available() -> bool:
@@ -60,6 +66,7 @@ class SparseLinear24(nn.Module):
         self.register_buffer("meta", meta)
         self.register_buffer("bias", bias)
         self._compressed = None  # cuSPARSELt's buffer (values, then its own metadata)
+        self._lib_weight = None  # the newer library's compressed weight, where one is installed
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "SparseLinear24":
@@ -82,7 +89,12 @@ class SparseLinear24(nn.Module):
     def _prepare_cuda(self) -> None:
         if self._compressed is not None and self._compressed.device == self.values.device:
             return
-        compressed = torch._cslt_compress(self.dense_weight())
+        lib = cusparselt_lib.load()
+        if lib is not None:
+            self._lib_weight = cusparselt_lib.Weight24(lib, self.dense_weight())
+            compressed = self._lib_weight.compressed.view(self.values.dtype)
+        else:
+            compressed = torch._cslt_compress(self.dense_weight())
         head = compressed.flatten()[: self.values.numel()].view_as(self.values)
         if torch.equal(head, self.values):
             self.values = head  # one copy of the values, shared with cuSPARSELt
@@ -95,7 +107,7 @@ class SparseLinear24(nn.Module):
                self.contiguous_output or rows <= 16)
         if key not in PLANS:
             if torch.cuda.is_current_stream_capturing():
-                return self._run(("cslt", 0), x2)
+                return self._run(self._library_default(), x2)
             PLANS[key] = self._choose(x2, key)
         return self._run(PLANS[key], x2)
 
@@ -103,9 +115,13 @@ class SparseLinear24(nn.Module):
         """(path, algorithm) to time."""
         padded = self._pad(x2)
         found = []
-        for path, B in (("cslt", padded.t()), ("cslt_c", padded.t().contiguous())):
-            searched = torch._cslt_sparse_mm_search(self._compressed, B)
-            found += [(path, alg) for alg in dict.fromkeys([searched, *CSLT_ALGS])]
+        if self._lib_weight is not None:
+            searched = self._lib_weight.searched(padded.contiguous(), True)
+            found += [("lib", alg) for alg in dict.fromkeys([searched, *LIB_ALGS])]
+        else:
+            for path, B in (("cslt", padded.t()), ("cslt_c", padded.t().contiguous())):
+                searched = torch._cslt_sparse_mm_search(self._compressed, B)
+                found += [(path, alg) for alg in dict.fromkeys([searched, *CSLT_ALGS])]
         if x2.shape[0] <= triton_decode.MAX_ROWS and triton_decode.available():
             found.append(("triton", 0))
         if x2.shape[0] == 1 and triton_decode.available() and triton_decode.permute_ok(x2, self.values):
@@ -125,10 +141,13 @@ class SparseLinear24(nn.Module):
         for plan in self._candidates(x2):
             try:
                 timings[plan] = time_calls([lambda plan=plan: self._run(plan, x2)], repeats=5)
-            except RuntimeError:  # e.g. an algorithm id cuSPARSELt does not have for this shape
+            except (RuntimeError, ValueError):  # e.g. an algorithm id cuSPARSELt does not have for this shape
                 continue
         PLAN_TIMINGS[key] = {"/".join(map(str, plan)): ms for plan, ms in timings.items()}
         return min(timings, key=timings.get)
+
+    def _library_default(self) -> tuple[str, int]:
+        return ("lib", 0) if self._lib_weight is not None else ("cslt", 0)
 
     @staticmethod
     def _pad(x2: torch.Tensor) -> torch.Tensor:
@@ -142,8 +161,11 @@ class SparseLinear24(nn.Module):
         if path == "gemv":
             if triton_decode.permute_ok(x2, self.values):
                 return triton_decode.gemv24(x2, self.values, self.meta, self.bias)
-            path, alg = "cslt", 0  # an input not 8-byte aligned: the library path
+            path, alg = self._library_default()  # an input not 8-byte aligned: the library path
         rows = x2.shape[0]
+        if path == "lib":  # [padded rows, out], contiguous: no transpose
+            y = self._lib_weight.mm(self._pad(x2).contiguous(), True, alg)[:rows]
+            return y if self.bias is None else y + self.bias
         xt = self._pad(x2).t()
         if path == "cslt_c":
             xt = xt.contiguous()
