@@ -94,19 +94,16 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
                 assert ((y - ref).norm() / ref.norm()) < tol
 
 
-def test_newer_cusparselt_is_found_from_the_environment(monkeypatch, tmp_path):
-    """PRUNEKIT_CUSPARSELT names the library first; without CUDA (or with "off") none is loaded."""
-    from prunekit.sparse import cusparselt_lib
+def test_newer_cusparselt_choice():
+    """PRUNEKIT_CUSPARSELT wins when usable; else the newest library ≥ 0.8.1 and ≥ torch's; else none."""
+    from prunekit.sparse.cusparselt_lib import pick
 
-    lib = tmp_path / "libcusparseLt.so.0"
-    monkeypatch.setenv("PRUNEKIT_CUSPARSELT", str(lib))
-    assert cusparselt_lib.library_paths()[0] == str(lib)
-    monkeypatch.setenv("PRUNEKIT_CUSPARSELT", "off")
-    cusparselt_lib.load.cache_clear()
-    try:
-        assert cusparselt_lib.load() is None
-    finally:
-        cusparselt_lib.load.cache_clear()
+    found = [("/env/lib", (0, 9, 1)), ("/pip/cu13", (0, 10, 0)), ("/pip/old", (0, 8, 0))]
+    assert pick(found, 800, "/env/lib") == "/env/lib"
+    assert pick(found, 800, None) == "/pip/cu13"
+    assert pick(found, 1000, "/env/lib") == "/pip/cu13"  # older than torch's own: not used
+    assert pick([("/env/lib", (0, 8, 0))], 0, "/env/lib") is None  # the Hopper regression
+    assert pick([], 800, None) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -133,3 +130,29 @@ def test_newer_cusparselt_products_match_dense(out_rows):
         assert ((y.float() - ref).norm() / ref.norm()) < 2e-3, alg
         ran.append(alg)
     assert searched in ran and len(ran) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sparse_linear_through_newer_cusparselt_graphed():
+    """With the newer library: bias, row counts that pad to the same 16-row plan, and replay in a CUDA graph."""
+    from prunekit.sparse import cusparselt_lib
+    from prunekit.sparse.timing import graph
+
+    if cusparselt_lib.load() is None:
+        pytest.skip("no cuSPARSELt newer than torch's is installed (pip nvidia-cusparselt-cu13 or PRUNEKIT_CUSPARSELT)")
+    linear = torch.nn.Linear(4096, 1024, dtype=torch.float16, device="cuda")
+    linear.weight.data = random_24(1024, 4096, torch.float16).cuda()
+    sparse = SparseLinear24.from_linear(linear)
+    for rows in (17, 32, 33):
+        x = torch.randn(rows, 4096, dtype=torch.float16, device="cuda")
+        ref = linear(x).float()
+        with torch.no_grad():
+            y = sparse(x)
+            assert sparse._lib_weight is not None and y.shape == (rows, 1024)
+            assert ((y.float() - ref).norm() / ref.norm()) < 2e-3
+            out = {}
+            replay = graph(lambda: out.__setitem__("y", sparse(x)))
+            x.normal_()
+            replay()
+            ref = linear(x).float()
+            assert ((out["y"].float() - ref).norm() / ref.norm()) < 2e-3

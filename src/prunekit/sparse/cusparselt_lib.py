@@ -23,6 +23,7 @@ import ctypes
 import glob
 import importlib.util
 import os
+import warnings
 from functools import lru_cache
 
 import torch
@@ -58,13 +59,13 @@ def library_paths() -> list[str]:
 
 
 class Library:
-    """The loaded libcusparseLt and one handle (made on the current CUDA device at first use)."""
+    """The loaded libcusparseLt and one handle per CUDA device."""
 
     def __init__(self, path: str):
         self.path = path
         self.lib = ctypes.CDLL(path)
         self.lib.cusparseLtGetErrorString.restype = ctypes.c_char_p
-        self._handle: _Opaque | None = None
+        self._handles: dict[int, _Opaque] = {}
         version = ctypes.c_int()
         self.lib.cusparseLtGetProperty(0, ctypes.byref(version))  # MAJOR_VERSION
         minor, patch = ctypes.c_int(), ctypes.c_int()
@@ -77,12 +78,14 @@ class Library:
         if status != 0:
             raise CusparseLtError(f"{name}: {self.lib.cusparseLtGetErrorString(status).decode()} ({status})")
 
-    @property
-    def handle(self) -> ctypes.c_void_p:
-        if self._handle is None:
-            self._handle = _Opaque()
-            self.call("cusparseLtInit", self._handle.ptr)
-        return self._handle.ptr
+    def handle(self, device: torch.device) -> ctypes.c_void_p:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._handles:
+            handle = _Opaque()
+            with torch.cuda.device(index):
+                self.call("cusparseLtInit", handle.ptr)
+            self._handles[index] = handle
+        return self._handles[index].ptr
 
     def version_number(self) -> int:
         """major·1000000 + minor·100 + patch, as torch.backends.cusparselt.version() (0.8.0 → 800)."""
@@ -94,36 +97,52 @@ class Library:
 MIN_VERSION = (0, 8, 1)
 
 
+def pick(found: list[tuple[str, tuple[int, int, int]]], torch_version: int, preferred: str | None) -> str | None:
+    """Which of the (path, version) libraries to use: `preferred` (PRUNEKIT_CUSPARSELT) if it is usable,
+    else the newest usable one; usable = version ≥ MIN_VERSION and ≥ torch's (as major·10⁶ + minor·100 + patch)."""
+    usable = [(path, v) for path, v in found
+              if v >= MIN_VERSION and v[0] * 1000000 + v[1] * 100 + v[2] >= torch_version]
+    for path, _ in usable:
+        if path == preferred:
+            return path
+    return max(usable, key=lambda pv: pv[1])[0] if usable else None
+
+
 @lru_cache(maxsize=1)
 def load() -> Library | None:
-    """The newest installed library at least MIN_VERSION and at least torch's own, or None (also without
-    CUDA, or with PRUNEKIT_CUSPARSELT=off)."""
-    if not torch.cuda.is_available() or os.environ.get("PRUNEKIT_CUSPARSELT") == "off":
+    """The library `pick` chooses among those found, or None (also without CUDA, or with
+    PRUNEKIT_CUSPARSELT=off). A PRUNEKIT_CUSPARSELT path that cannot be used is reported with a warning."""
+    preferred = os.environ.get("PRUNEKIT_CUSPARSELT")
+    if not torch.cuda.is_available() or preferred == "off":
         return None
     torch_version = (torch.backends.cusparselt.version() or 0) if torch.backends.cusparselt.is_available() else 0
-    best = None
+    libraries = {}
     for path in library_paths():
         try:
-            lib = Library(path)
-        except OSError:
-            continue
-        usable = lib.version >= MIN_VERSION and lib.version_number() >= torch_version
-        if usable and (best is None or lib.version > best.version):
-            best = lib
-    return best
+            libraries[path] = Library(path)
+        except (OSError, AttributeError) as err:  # not a loadable cuSPARSELt
+            if path == preferred:
+                warnings.warn(f"PRUNEKIT_CUSPARSELT={path} is not a loadable cuSPARSELt ({err}); not used")
+    chosen = pick([(path, lib.version) for path, lib in libraries.items()], torch_version, preferred)
+    if preferred and preferred in libraries and chosen != preferred:
+        warnings.warn(f"PRUNEKIT_CUSPARSELT={preferred} is cuSPARSELt {libraries[preferred].version}: prunekit needs "
+                      f"≥ {MIN_VERSION} and ≥ torch's ({torch_version}); not used")
+    return libraries[chosen] if chosen else None
 
 
-def _stream() -> ctypes.c_void_p:
-    return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+def _stream(device: torch.device) -> ctypes.c_void_p:
+    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
 
 
 class _Plan:
     """Descriptors, algorithm and workspace of D = W · xᵀ for one row count and output order."""
 
     def __init__(self, weight: "Weight24", rows: int, out_rows: bool, alg: int, split_k: tuple[int, int] = (1, 0)):
-        lib, h = weight.lib, weight.lib.handle
+        if split_k[0] > 1 and split_k[1] == 0:
+            raise ValueError("split-K > 1 needs a cusparseLtSplitKMode_t (1–6)")
+        lib, h, self.device = weight.lib, weight.lib.handle(weight.device), weight.device
         m, k, dtype = weight.out_features, weight.in_features, _DTYPES[weight.dtype]
-        self.lib, self.rows, self.out_rows = lib, rows, out_rows
+        self.lib, self.handle, self.rows, self.out_rows = lib, h, rows, out_rows
         self.B, self.C = _Opaque(), _Opaque()
         self.desc, self.sel, self.plan = _Opaque(), _Opaque(), _Opaque()
         lib.call("cusparseLtDenseDescriptorInit", h, self.B.ptr, ctypes.c_int64(k), ctypes.c_int64(rows),
@@ -143,26 +162,32 @@ class _Plan:
             self._set(_SPLIT_K, split_k[0])
             self._set(_SPLIT_K_MODE, split_k[1])
         lib.call("cusparseLtMatmulPlanInit", h, self.plan.ptr, self.desc.ptr, self.sel.ptr)
-        size = ctypes.c_size_t()
-        lib.call("cusparseLtMatmulGetWorkspace", h, self.plan.ptr, ctypes.byref(size))
-        self.workspace = torch.empty(max(size.value, 1), dtype=torch.uint8, device=weight.device)
+        self.workspace = torch.empty(0, dtype=torch.uint8, device=weight.device)
+        self._size_workspace()
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
         self.alg = alg
 
+    def _size_workspace(self) -> None:
+        """(Re)allocate the workspace the plan's current algorithm needs; only before the plan first runs."""
+        size = ctypes.c_size_t()
+        self.lib.call("cusparseLtMatmulGetWorkspace", self.handle, self.plan.ptr, ctypes.byref(size))
+        if size.value > self.workspace.numel() or self.workspace.numel() == 0:
+            self.workspace = torch.empty(max(size.value, 1), dtype=torch.uint8, device=self.device)
+
     def _set(self, attribute: int, value: int) -> None:
         value = ctypes.c_int(value)
-        self.lib.call("cusparseLtMatmulAlgSetAttribute", self.lib.handle, self.sel.ptr, attribute, ctypes.byref(value),
+        self.lib.call("cusparseLtMatmulAlgSetAttribute", self.handle, self.sel.ptr, attribute, ctypes.byref(value),
                       ctypes.c_size_t(4))
 
     def _get(self, attribute: int) -> int:
         value = ctypes.c_int()
-        self.lib.call("cusparseLtMatmulAlgGetAttribute", self.lib.handle, self.sel.ptr, attribute,
+        self.lib.call("cusparseLtMatmulAlgGetAttribute", self.handle, self.sel.ptr, attribute,
                       ctypes.byref(value), ctypes.c_size_t(4))
         return value.value
 
     def args(self, compressed: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> tuple:
-        streams = (ctypes.c_void_p * 1)(_stream())
-        return (self.lib.handle, self.plan.ptr, ctypes.byref(self.alpha), ctypes.c_void_p(compressed.data_ptr()),
+        streams = (ctypes.c_void_p * 1)(_stream(self.device))
+        return (self.handle, self.plan.ptr, ctypes.byref(self.alpha), ctypes.c_void_p(compressed.data_ptr()),
                 ctypes.c_void_p(x.data_ptr()), ctypes.byref(self.beta), ctypes.c_void_p(out.data_ptr()),
                 ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(self.workspace.data_ptr()), streams, 1)
 
@@ -170,6 +195,8 @@ class _Plan:
         """cusparseLtMatmulSearch: times the library's algorithms and keeps the fastest in the plan."""
         self.lib.call("cusparseLtMatmulSearch", *self.args(compressed, x, out))
         self.alg = self._get(_ALG_CONFIG_ID)
+        torch.cuda.current_stream(self.device).synchronize()  # the search ran with the old workspace
+        self._size_workspace()  # the chosen algorithm may need more
         return self.alg
 
 
@@ -184,15 +211,19 @@ class Weight24:
         self.out_features, self.in_features = weight.shape
         self.A = _Opaque()
         m, k = weight.shape
-        lib.call("cusparseLtStructuredDescriptorInit", lib.handle, self.A.ptr, ctypes.c_int64(m), ctypes.c_int64(k),
+        h = lib.handle(weight.device)
+        lib.call("cusparseLtStructuredDescriptorInit", h, self.A.ptr, ctypes.c_int64(m), ctypes.c_int64(k),
                  ctypes.c_int64(k), ctypes.c_uint32(16), _DTYPES[weight.dtype], _ORDER_ROW, 0)
         size, buffer = ctypes.c_size_t(), ctypes.c_size_t()
-        lib.call("cusparseLtSpMMACompressedSize2", lib.handle, self.A.ptr, ctypes.byref(size), ctypes.byref(buffer))
+        lib.call("cusparseLtSpMMACompressedSize2", h, self.A.ptr, ctypes.byref(size), ctypes.byref(buffer))
         self.compressed = torch.empty(size.value, dtype=torch.uint8, device=weight.device)
         scratch = torch.empty(max(buffer.value, 1), dtype=torch.uint8, device=weight.device)
-        lib.call("cusparseLtSpMMACompress2", lib.handle, self.A.ptr, 1, _OP_N, ctypes.c_void_p(weight.data_ptr()),
-                 ctypes.c_void_p(self.compressed.data_ptr()), ctypes.c_void_p(scratch.data_ptr()), _stream())
-        torch.cuda.current_stream().synchronize()
+        with torch.cuda.device(weight.device):
+            lib.call("cusparseLtSpMMACompress2", h, self.A.ptr, 1, _OP_N, ctypes.c_void_p(weight.data_ptr()),
+                     ctypes.c_void_p(self.compressed.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+                     _stream(weight.device))
+            torch.cuda.current_stream(weight.device).synchronize()
+        #: plans are never dropped: a CUDA graph may hold their workspace pointers
         self.plans: dict[tuple, _Plan] = {}
 
     def plan(self, rows: int, out_rows: bool, alg: int, split_k: tuple[int, int] = (1, 0)) -> _Plan:
@@ -204,8 +235,10 @@ class Weight24:
     def searched(self, x: torch.Tensor, out_rows: bool) -> int:
         """The algorithm the library's own search picks for this input's row count."""
         plan = _Plan(self, x.shape[0], out_rows, -1)
-        alg = plan.search(self.compressed, x, self._out(x.shape[0], out_rows, x))
-        self.plans[(x.shape[0], out_rows, alg, (1, 0))] = plan
+        with torch.cuda.device(self.device):
+            alg = plan.search(self.compressed, x, self._out(x.shape[0], out_rows, x))
+        self.plans.setdefault((x.shape[0], out_rows, alg, (1, 0)), plan)
+        self.plans.setdefault((x.shape[0], out_rows, "searched", alg), plan)  # kept alive whichever is used
         return alg
 
     def _out(self, rows: int, out_rows: bool, x: torch.Tensor) -> torch.Tensor:
@@ -219,5 +252,6 @@ class Weight24:
             raise ValueError(f"input must be contiguous {self.dtype} with {self.in_features} columns")
         plan = self.plan(x.shape[0], out_rows, alg, split_k)
         out = self._out(x.shape[0], out_rows, x)
-        self.lib.call("cusparseLtMatmul", *plan.args(self.compressed, x, out))
+        with torch.cuda.device(self.device):
+            self.lib.call("cusparseLtMatmul", *plan.args(self.compressed, x, out))
         return out if out_rows else out.t()
