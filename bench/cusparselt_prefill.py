@@ -1,6 +1,6 @@
-"""Prefill speed of 2:4 products against dense: torch's built-in cuSPARSELt (through SparseLinear24 as it
-was before a newer library existed: PRUNEKIT_CUSPARSELT=off) against a newer libcusparseLt.so.0 called
-directly (prunekit.sparse.cusparselt_lib), every algorithm id and both output orders timed in CUDA graphs.
+"""Prefill speed of 2:4 products against dense: torch's built-in cuSPARSELt (`torch._cslt_sparse_mm`, its
+searched algorithm and ids 0–3) against a newer libcusparseLt.so.0 called directly
+(prunekit.sparse.cusparselt_lib), every algorithm id and both output orders, all timed in CUDA graphs.
 
     PRUNEKIT_CUSPARSELT=/path/to/libcusparseLt.so.0 PYTHONPATH=src python bench/cusparselt_prefill.py \
         [--tokens 2048,8192] [--split-k] [--json out.json]
@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from prunekit.eval.speed import random_24_linear
+from prunekit.eval.speed import random_24_linears
 from prunekit.sparse import cusparselt_lib
-from prunekit.sparse.timing import L2_BYTES, time_calls
+from prunekit.sparse.timing import time_calls
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
 
 
 def cell(lib, out: int, inp: int, tokens: int) -> dict:
-    copies = max(1, -(-4 * L2_BYTES // (out * inp * 2)))
-    dense = [random_24_linear(out, inp) for _ in range(copies)]
+    dense = random_24_linears(out, inp)
     x = torch.randn(tokens, inp, dtype=torch.float16, device="cuda")
     row = {"out": out, "in": inp, "tokens": tokens}
     with torch.no_grad():
@@ -71,8 +69,7 @@ def split_k_cells(lib, algs=(6, 27, 42)) -> list[dict]:
     4 data-parallel, 5 split-K, 6 stream-K) of the newer library for the two FFN shapes."""
     rows = []
     for out, inp in [(11008, 4096), (4096, 11008)]:
-        copies = max(1, -(-4 * L2_BYTES // (out * inp * 2)))
-        dense = [random_24_linear(out, inp) for _ in range(copies)]
+        dense = random_24_linears(out, inp)
         weights = [cusparselt_lib.Weight24(lib, l.weight.data) for l in dense]
         for tokens in (2048, 8192):
             x = torch.randn(tokens, inp, dtype=torch.float16, device="cuda")

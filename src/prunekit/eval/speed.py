@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..patterns import keep_n_of_m
 from ..sparse.linear import SparseLinear24
-from ..sparse.timing import L2_BYTES, graph, median_ms, time_calls
+from ..sparse.timing import copies_past_l2, graph, median_ms, time_calls
 
 def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, device="cuda") -> nn.Linear:
     """A bias-free linear layer with random weights pruned to a valid 2:4 pattern."""
@@ -22,13 +22,17 @@ def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, d
     return linear
 
 
+def random_24_linears(out_features: int, in_features: int, dtype=torch.float16) -> list[nn.Linear]:
+    """Enough copies of a random 2:4 layer that cycling through them exceeds the L2 cache four times."""
+    copies = copies_past_l2(out_features * in_features * torch.finfo(dtype).bits // 8)
+    return [random_24_linear(out_features, in_features, dtype) for _ in range(copies)]
+
+
 def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch.float16,
                    graphed: bool = True, view_output: bool = False) -> dict:
     """Dense vs SparseLinear24 milliseconds for one weight shape and token count (`view_output`: the
     layer returns its transposed result as a view, as layers not feeding attention do)."""
-    weight_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
-    copies = max(1, -(-4 * L2_BYTES // weight_bytes))
-    dense = [random_24_linear(out_features, in_features, dtype) for _ in range(copies)]
+    dense = random_24_linears(out_features, in_features, dtype)
     sparse = [SparseLinear24.from_linear(layer) for layer in dense]
     for layer in sparse:
         layer.contiguous_output = not view_output

@@ -87,21 +87,22 @@ class Library:
             self._handles[index] = handle
         return self._handles[index].ptr
 
-    def version_number(self) -> int:
-        """major·1000000 + minor·100 + patch, as torch.backends.cusparselt.version() (0.8.0 → 800)."""
-        major, minor, patch = self.version
-        return major * 1000000 + minor * 100 + patch
 
 
 #: the first version whose Hopper FP16 kernels are not regressed (NVIDIA's 0.8.1 release notes)
 MIN_VERSION = (0, 8, 1)
 
 
+def version_number(version: tuple[int, int, int]) -> int:
+    """major·1000000 + minor·100 + patch, as torch.backends.cusparselt.version() (0.8.0 → 800)."""
+    major, minor, patch = version
+    return major * 1000000 + minor * 100 + patch
+
+
 def pick(found: list[tuple[str, tuple[int, int, int]]], torch_version: int, preferred: str | None) -> str | None:
     """Which of the (path, version) libraries to use: `preferred` (PRUNEKIT_CUSPARSELT) if it is usable,
-    else the newest usable one; usable = version ≥ MIN_VERSION and ≥ torch's (as major·10⁶ + minor·100 + patch)."""
-    usable = [(path, v) for path, v in found
-              if v >= MIN_VERSION and v[0] * 1000000 + v[1] * 100 + v[2] >= torch_version]
+    else the newest usable one; usable = version ≥ MIN_VERSION and ≥ torch's (`version_number`)."""
+    usable = [(path, v) for path, v in found if v >= MIN_VERSION and version_number(v) >= torch_version]
     for path, _ in usable:
         if path == preferred:
             return path
@@ -142,7 +143,7 @@ class _Plan:
             raise ValueError("split-K > 1 needs a cusparseLtSplitKMode_t (1–6)")
         lib, h, self.device = weight.lib, weight.lib.handle(weight.device), weight.device
         m, k, dtype = weight.out_features, weight.in_features, _DTYPES[weight.dtype]
-        self.lib, self.handle, self.rows, self.out_rows = lib, h, rows, out_rows
+        self.lib, self.handle = lib, h
         self.B, self.C = _Opaque(), _Opaque()
         self.desc, self.sel, self.plan = _Opaque(), _Opaque(), _Opaque()
         lib.call("cusparseLtDenseDescriptorInit", h, self.B.ptr, ctypes.c_int64(k), ctypes.c_int64(rows),

@@ -15,6 +15,11 @@ import torch
 L2_BYTES = 50 * 2**20
 
 
+def copies_past_l2(nbytes: int) -> int:
+    """How many copies of an `nbytes` weight to cycle through so that they exceed the L2 cache four times."""
+    return max(1, -(-4 * L2_BYTES // nbytes))
+
+
 def graph(fn):
     """Capture `fn()` (on static inputs) in a CUDA graph; returns a callable that replays it."""
     stream = torch.cuda.Stream()

@@ -244,11 +244,10 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
          kernel: str = "spmm") -> tuple[dict, float]:
     """Time every launch configuration for this weight shape and row count; remember the best.
     Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row, 16-bit)."""
-    from .timing import L2_BYTES, time_calls
+    from .timing import copies_past_l2, time_calls
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
-    copies = max(1, -(-4 * L2_BYTES // (values.numel() * values.element_size())))
-    weights = [(values.clone(), meta.clone()) for _ in range(copies)]
+    weights = [(values.clone(), meta.clone()) for _ in range(copies_past_l2(values.numel() * values.element_size()))]
     g = torch.Generator(device=values.device).manual_seed(0)  # leaves the global random state alone
     x = torch.randn(rows, 2 * values.shape[1], dtype=values.dtype, device=values.device, generator=g)
     fn = gemv24 if kernel == "gemv" else spmm24

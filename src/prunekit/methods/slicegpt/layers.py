@@ -83,14 +83,17 @@ class SlicedLlamaLayer(nn.Module):
         if self.in_proj is not None:
             hidden_states = hidden_states @ self.in_proj.to(hidden_states.dtype)
         h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-        m = h + hidden_states if self.attn_shortcut is None else _add_shortcut(h, hidden_states, self.attn_shortcut)
+        m = _add_shortcut(h, hidden_states, self.attn_shortcut)
         return _add_shortcut(self.mlp(self.post_attention_layernorm(m)), m, self.mlp_shortcut)
 
 
-def _add_shortcut(out: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+def _add_shortcut(out: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
     """out + x S, accumulated into `out` by the GEMM itself (in-place addmm, β = 1): one kernel where the
     dense layer's residual add also takes one. `out` is a fresh product (o_proj / down_proj output), which
-    autograd does not need for the backward pass, so updating it in place is safe."""
+    autograd does not need for the backward pass, so updating it in place is safe. S = None: the identity
+    (a shared layer basis), out + x."""
+    if shortcut is None:
+        return out + x
     k = shortcut.shape[1]
     acc = out.reshape(-1, k)
     acc.addmm_(x.reshape(-1, x.shape[-1]), shortcut.to(x.dtype))

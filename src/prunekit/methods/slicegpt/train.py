@@ -70,12 +70,11 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     embed = model.get_submodule(adapter.embedding_paths[0])
 
     geoopt = _geoopt()
-    # a shared layer basis is one parameter: U_m^l is the same frame as U_a^l
-    slot = [2 * (i // 2) if shared and i % 2 and i < len(bases) - 1 else i for i in range(len(bases))]
-    frames = {i: geoopt.ManifoldParameter(bases[i].detach().to(device, torch.float64).clone(),
-                                          manifold=geoopt.CanonicalStiefel()) for i in sorted(set(slot))}
-    frames = [frames[i] for i in slot]
-    unique = list({id(f): f for f in frames}.values())
+    # a shared layer basis is one parameter: U_m^l (odd index) is the frame of U_a^l (the index before)
+    slot = [i - 1 if shared and i % 2 else i for i in range(len(bases))]
+    by_slot = {i: geoopt.ManifoldParameter(bases[i].detach().to(device, torch.float64).clone(),
+                                           manifold=geoopt.CanonicalStiefel()) for i in sorted(set(slot))}
+    frames, unique = [by_slot[i] for i in slot], list(by_slot.values())
     optimizer = make_optimizer(config.optimizer, unique, config.lr, config.momentum)
     schedule = lr_schedule(optimizer, config.schedule, steps)
     batches = window_batches(n, config.train_batch, config.train_seed)
@@ -117,7 +116,7 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
             bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
 
     log.record_peak_memory(device)
-    learned = {id(f): f.detach().cpu().clone() for f in unique}
-    learned = [learned[id(f)] for f in frames]
+    learned = {i: f.detach().cpu().clone() for i, f in by_slot.items()}
+    learned = [learned[i] for i in slot]
     model.to("cpu")
     return learned, log
