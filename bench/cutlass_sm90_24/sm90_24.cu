@@ -1,0 +1,164 @@
+// Hopper (sm_90a) 2:4 sparse GEMM through CUTLASS: y[n, m] = x[n, k] · W[m, k]^T, fp16 in/out, fp32 accumulate.
+// CUTLASS view: A = W (sparse, M x K row-major), B = x (N x K, K-major), D = M x N column-major (= y row-major).
+// Compiled once per tile configuration; every configuration uses tile K = 128 so all share one
+// compressed layout (SparseConfig depends only on the element types, A's major mode and min(tile K, 128)).
+#include <cuda_runtime.h>
+#include "cutlass/cutlass.h"
+#include "cute/tensor.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/gemm/kernel/tile_scheduler.hpp"
+#include "cutlass/transform/device/transform_universal_adapter.hpp"
+#include "cutlass/transform/kernel/sparse_gemm_compressor.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+using namespace cute;
+
+// One configuration per object file, set by build.sh: -DPK_CFG=<id used in symbol names> -DPK_TILE_M=..
+// -DPK_TILE_N=.. -DPK_CLUSTER_M=.. -DPK_CLUSTER_N=.. -DPK_PINGPONG=0|1 -DPK_STREAMK=0|1.
+using TileShape = Shape<Int<PK_TILE_M>, Int<PK_TILE_N>, _128>;
+using ClusterShape = Shape<Int<PK_CLUSTER_M>, Int<PK_CLUSTER_N>, _1>;
+#if PK_PINGPONG
+using KSched = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+using ESched = cutlass::epilogue::TmaWarpSpecialized;
+#else
+using KSched = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using ESched = cutlass::epilogue::TmaWarpSpecializedCooperative;
+#endif
+#if PK_STREAMK
+using TSched = cutlass::gemm::StreamKScheduler;
+#else
+using TSched = void;  // persistent tile scheduler
+#endif
+
+using ElementA = cutlass::half_t;
+using ElementB = cutlass::half_t;
+using ElementD = cutlass::half_t;
+using ElementAcc = float;
+using LayoutTagA = cutlass::layout::RowMajor;
+using LayoutTagB = cutlass::layout::ColumnMajor;
+using LayoutTagD = cutlass::layout::ColumnMajor;
+constexpr int Align = 8;
+using ProblemShape = Shape<int, int, int, int>;
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc,
+    void, LayoutTagD, Align, ElementD, LayoutTagD, Align, ESched>::CollectiveOp;
+
+using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp,
+    ElementA, LayoutTagA, Align, ElementB, LayoutTagB, Align, ElementAcc, TileShape, ClusterShape,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    KSched>::CollectiveOp;
+
+using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue, TSched>;
+using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+using SparseConfig = typename Mainloop::SparseConfig;
+using StrideA = cutlass::gemm::TagToStrideA_t<LayoutTagA>;
+
+#define PK_CAT2(a, b) a##b
+#define PK_CAT(a, b) PK_CAT2(a, b)
+
+static int sm_count() {
+  static int count = 0;
+  if (count == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
+  }
+  return count;
+}
+
+template <class S>
+static auto set_splits(S& scheduler, int splits) -> decltype(scheduler.splits = splits, void()) { scheduler.splits = splits; }
+static void set_splits(...) {}
+
+// `mode` = splits | log2(max swizzle) << 8 | raster << 16 (0 heuristic, 1 along M, 2 along N)
+template <class S>
+static void set_mode(S& scheduler, int mode) {
+  set_splits(scheduler, mode & 0xff);
+  scheduler.max_swizzle_size = 1 << ((mode >> 8) & 0xff);
+  using R = decltype(scheduler.raster_order);
+  int r = (mode >> 16) & 0xff;
+  scheduler.raster_order = r == 1 ? R::AlongM : r == 2 ? R::AlongN : R::Heuristic;
+}
+
+static typename Gemm::Arguments make_args(const void* a, const void* e, const void* x, void* y, int m, int n, int k,
+                                          int mode) {
+  ProblemShape shape{m, n, k, 1};
+  auto layout_a = SparseConfig::fill_layoutA(shape);
+  auto layout_e = SparseConfig::fill_layoutE(shape);
+  auto stride_b = cutlass::make_cute_packed_stride(typename Gemm::GemmKernel::StrideB{}, make_shape(n, k, 1));
+  auto stride_d = cutlass::make_cute_packed_stride(typename Gemm::GemmKernel::StrideD{}, make_shape(m, n, 1));
+  typename Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm, shape,
+      {static_cast<const ElementA*>(a), layout_a, static_cast<const ElementB*>(x), stride_b,
+       static_cast<const typename Mainloop::ElementE*>(e), layout_e},
+      {{1.0f, 0.0f}, nullptr, stride_d, static_cast<ElementD*>(y), stride_d}};
+  args.hw_info.sm_count = sm_count();
+  set_mode(args.scheduler, mode);
+  return args;
+}
+
+extern "C" {
+
+size_t PK_CAT(pk24_workspace_, PK_CFG)(int m, int n, int k, int mode) {
+  return Gemm::get_workspace_size(make_args(nullptr, nullptr, nullptr, nullptr, m, n, k, mode));
+}
+
+// y = x W^T with the configuration's kernel; `mode` as in set_mode.
+// 0 on success; 1: shape not supported; 2: initialize failed; 3: launch failed.
+int PK_CAT(pk24_gemm_, PK_CFG)(const void* a, const void* e, const void* x, void* y, int m, int n, int k,
+                              int mode, void* workspace, cudaStream_t stream) {
+  auto args = make_args(a, e, x, y, m, n, k, mode);
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
+  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
+  return gemm.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
+}
+
+#if PK_CFG == 0  // the compressor goes with configuration 0 (all share its layout)
+using CompressorUtility = cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, ElementA, LayoutTagA, SparseConfig>;
+using CompressorKernel = cutlass::transform::kernel::StructuredSparseCompressor<ProblemShape, ElementA, LayoutTagA, SparseConfig, cutlass::arch::Sm90>;
+using Compressor = cutlass::transform::device::TransformUniversalAdapter<CompressorKernel>;
+
+// Sizes of the compressed weight: A_c is [m, kc] fp16 (row-major), E is me x ke bytes.
+int pk24_sizes(int m, int k, long long* kc, long long* e_bytes) {
+  ProblemShape shape{m, 1, k, 1};
+  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
+  CompressorUtility util(shape, stride_a);
+  *kc = util.get_tensorA_k_physical();
+  *e_bytes = (long long)util.get_metadata_m_physical() * util.get_metadata_k_physical() * sizeof(typename Mainloop::ElementE);
+  return 0;
+}
+
+// Compress a 2:4 W [m, k] fp16 row-major into A_c and E (CUTLASS's compressor kernel).
+int pk24_compress(const void* w, void* a_c, void* e, int m, int k, void* workspace, size_t workspace_bytes,
+                  cudaStream_t stream) {
+  ProblemShape shape{m, 1, k, 1};
+  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
+  cutlass::KernelHardwareInfo hw;
+  cudaGetDevice(&hw.device_id);
+  hw.sm_count = sm_count();
+  typename Compressor::Arguments args{shape, {static_cast<const ElementA*>(w), stride_a, static_cast<ElementA*>(a_c),
+                                              static_cast<typename Mainloop::ElementE*>(e)}, {hw}};
+  Compressor op;
+  if (op.can_implement(args) != cutlass::Status::kSuccess) return 1;
+  if (Compressor::get_workspace_size(args) > workspace_bytes) return 4;
+  if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
+  return op.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
+}
+
+size_t pk24_compress_workspace(int m, int k) {
+  ProblemShape shape{m, 1, k, 1};
+  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
+  cutlass::KernelHardwareInfo hw;
+  typename Compressor::Arguments args{shape, {nullptr, stride_a, nullptr, nullptr}, {hw}};
+  return Compressor::get_workspace_size(args);
+}
+#endif
+}
