@@ -27,7 +27,6 @@ from prunekit.sparse import cusparselt_lib as cl
 from prunekit.sparse.timing import time_calls
 
 ROW, COL = cl._ORDER_ROW, cl._ORDER_COL
-FP16 = cl._DTYPES[torch.float16]
 
 
 class Probe:
@@ -35,16 +34,10 @@ class Probe:
         self.lib, self.h = lib, lib.handle(torch.device("cuda"))
 
     def dense(self, rows: int, cols: int, order: int) -> cl._Opaque:
-        d, ld = cl._Opaque(), cols if order == ROW else rows
-        self.lib.call("cusparseLtDenseDescriptorInit", self.h, d.ptr, ctypes.c_int64(rows), ctypes.c_int64(cols),
-                      ctypes.c_int64(ld), ctypes.c_uint32(16), FP16, order)
-        return d
+        return cl.matrix(self.lib, self.h, rows, cols, order, torch.float16)
 
     def structured(self, rows: int, cols: int, order: int) -> cl._Opaque:
-        d, ld = cl._Opaque(), cols if order == ROW else rows
-        self.lib.call("cusparseLtStructuredDescriptorInit", self.h, d.ptr, ctypes.c_int64(rows),
-                      ctypes.c_int64(cols), ctypes.c_int64(ld), ctypes.c_uint32(16), FP16, order, 0)
-        return d
+        return cl.matrix(self.lib, self.h, rows, cols, order, torch.float16, structured=True)
 
     def compress(self, desc: cl._Opaque, sparse_is_a: bool, t: torch.Tensor) -> torch.Tensor:
         size, scratch_size = ctypes.c_size_t(), ctypes.c_size_t()
@@ -78,7 +71,7 @@ class Probe:
         workspace = torch.empty(max(size.value, 1), dtype=torch.uint8, device=out.device)
         alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
-        def call(sparse: torch.Tensor, dense: torch.Tensor, keep=(sel, plan, workspace)):
+        def call(sparse: torch.Tensor, dense: torch.Tensor, keep=sel):  # keep: the selection lives as long as the plan
             a, b = (sparse, dense) if first else (dense, sparse)
             streams = (ctypes.c_void_p * 1)(cl._stream(out.device))
             self.lib.call("cusparseLtMatmul", self.h, plan.ptr, ctypes.byref(alpha), ctypes.c_void_p(a.data_ptr()),

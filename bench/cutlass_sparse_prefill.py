@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.eval.speed import random_24_linears
+from prunekit.sparse.cusparselt_lib import _stream
 from prunekit.sparse.timing import time_calls
 
 P = ctypes.c_void_p
@@ -47,7 +48,7 @@ class Cutlass24:
         size = self.lib.pk24_compress_workspace(m, k)
         scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=w.device)
         status = self.lib.pk24_compress(P(w.data_ptr()), P(values.data_ptr()), P(meta.data_ptr()), m, k,
-                                        P(scratch.data_ptr()), ctypes.c_size_t(size), _stream())
+                                        P(scratch.data_ptr()), ctypes.c_size_t(size), _stream(w.device))
         torch.cuda.synchronize()
         if status:
             raise RuntimeError(f"pk24_compress: status {status}")
@@ -62,14 +63,10 @@ class Cutlass24:
 
         def call(values, meta):
             status = gemm(P(values.data_ptr()), P(meta.data_ptr()), P(x.data_ptr()), P(y.data_ptr()), m, n, k,
-                          mode, P(workspace.data_ptr()), _stream())
+                          mode, P(workspace.data_ptr()), _stream(x.device))
             if status:
                 raise RuntimeError(f"pk24_gemm_{config}: status {status}")
         return call
-
-
-def _stream() -> P:
-    return P(torch.cuda.current_stream().cuda_stream)
 
 
 def cell(lib: Cutlass24, configs: list[int], out: int, inp: int, tokens: int, weights, dense) -> dict:

@@ -135,6 +135,19 @@ def _stream(device: torch.device) -> ctypes.c_void_p:
     return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
 
 
+def matrix(lib: Library, handle: ctypes.c_void_p, rows: int, cols: int, order: int, dtype: torch.dtype,
+           structured: bool = False) -> _Opaque:
+    """A cuSPARSELt descriptor of a packed rows × cols matrix (leading dimension cols if row-major, else rows),
+    16-byte aligned; `structured`: 2:4 along the reduction dimension."""
+    desc, ld = _Opaque(), cols if order == _ORDER_ROW else rows
+    shape = (ctypes.c_int64(rows), ctypes.c_int64(cols), ctypes.c_int64(ld), ctypes.c_uint32(16), _DTYPES[dtype], order)
+    if structured:
+        lib.call("cusparseLtStructuredDescriptorInit", handle, desc.ptr, *shape, 0)
+    else:
+        lib.call("cusparseLtDenseDescriptorInit", handle, desc.ptr, *shape)
+    return desc
+
+
 class _Plan:
     """Descriptors, algorithm and workspace of D = W · xᵀ for one row count and output order."""
 
@@ -142,15 +155,11 @@ class _Plan:
         if split_k[0] > 1 and split_k[1] == 0:
             raise ValueError("split-K > 1 needs a cusparseLtSplitKMode_t (1–6)")
         lib, h, self.device = weight.lib, weight.lib.handle(weight.device), weight.device
-        m, k, dtype = weight.out_features, weight.in_features, _DTYPES[weight.dtype]
+        m, k = weight.out_features, weight.in_features
         self.lib, self.handle = lib, h
-        self.B, self.C = _Opaque(), _Opaque()
+        self.B = matrix(lib, h, k, rows, _ORDER_COL, weight.dtype)
+        self.C = matrix(lib, h, m, rows, _ORDER_COL if out_rows else _ORDER_ROW, weight.dtype)
         self.desc, self.sel, self.plan = _Opaque(), _Opaque(), _Opaque()
-        lib.call("cusparseLtDenseDescriptorInit", h, self.B.ptr, ctypes.c_int64(k), ctypes.c_int64(rows),
-                 ctypes.c_int64(k), ctypes.c_uint32(16), dtype, _ORDER_COL)
-        ld = m if out_rows else rows
-        lib.call("cusparseLtDenseDescriptorInit", h, self.C.ptr, ctypes.c_int64(m), ctypes.c_int64(rows),
-                 ctypes.c_int64(ld), ctypes.c_uint32(16), dtype, _ORDER_COL if out_rows else _ORDER_ROW)
         lib.call("cusparseLtMatmulDescriptorInit", h, self.desc.ptr, _OP_N, _OP_N, weight.A.ptr, self.B.ptr,
                  self.C.ptr, self.C.ptr, _COMPUTE_32F)
         lib.call("cusparseLtMatmulAlgSelectionInit", h, self.sel.ptr, self.desc.ptr, 0)
@@ -210,11 +219,9 @@ class Weight24:
         weight = weight.contiguous()
         self.lib, self.dtype, self.device = lib, weight.dtype, weight.device
         self.out_features, self.in_features = weight.shape
-        self.A = _Opaque()
         m, k = weight.shape
         h = lib.handle(weight.device)
-        lib.call("cusparseLtStructuredDescriptorInit", h, self.A.ptr, ctypes.c_int64(m), ctypes.c_int64(k),
-                 ctypes.c_int64(k), ctypes.c_uint32(16), _DTYPES[weight.dtype], _ORDER_ROW, 0)
+        self.A = matrix(lib, h, m, k, _ORDER_ROW, weight.dtype, structured=True)
         size, buffer = ctypes.c_size_t(), ctypes.c_size_t()
         lib.call("cusparseLtSpMMACompressedSize2", h, self.A.ptr, ctypes.byref(size), ctypes.byref(buffer))
         self.compressed = torch.empty(size.value, dtype=torch.uint8, device=weight.device)
