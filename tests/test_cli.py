@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import random_windows, run_cli as run, tiny_llama, write_arc
-from prunekit import SparseGPTConfig, get_adapter, prune
+from prunekit import SparseGPTConfig, WandaConfig, get_adapter, prune
 from prunekit.cli import main
 from prunekit.patterns import max_nonzeros_per_group
 
@@ -81,6 +81,15 @@ BAD_INPUTS = [
     (["--calib-data", "/no/such/calib.txt"], "not found"),
     (["--eval-data", "/no/such/eval.txt"], "not found"),
     (["--no-update", "--method", "wanda"], "does not apply"),
+    # every numeric option is checked (range, NaN) before the model is loaded
+    (["--method", "sparsegpt", "--blocksize", "-1"], "--blocksize must be >= 1"),
+    (["--method", "sparsegpt", "--pattern", "2:4", "--blocksize", "-4"], "--blocksize must be >= 1"),
+    (["--method", "sparsegpt", "--percdamp", "nan"], "--percdamp must be a finite number"),
+    (["--method", "sparsegpt", "--percdamp", "0"], "--percdamp must be > 0"),
+    (["--method", "fista", "--refit-damp", "nan"], "--refit-damp must be a finite number"),
+    (["--method", "rotpruner", "--kl-weight", "nan"], "--kl-weight must be a finite number"),
+    (["--pattern", "2:4", "--sparsity", "0.3"], "drop --sparsity"),
+    (["--device", "cpux"], "unknown device"),
 ]
 
 
@@ -99,13 +108,23 @@ def test_bad_models_and_outputs(tiny_model_dir, not_a_model, gpt2_dir, text_file
         (tmp_path / "missing-model", tmp_path / "o2", "does not exist"),
         (gpt2_dir, tmp_path / "o3", "unsupported architecture 'gpt2'"),
         (tiny_model_dir, "/proc/prunekit-out", "cannot write output"),
-        (tiny_model_dir, tmp_path / "no" / "such" / "dir", "does not exist"),
+        (tiny_model_dir, tmp_path / "a-file" / "sub" / "dir", "is a file, not a folder"),
     ]
+    (tmp_path / "a-file").write_text("not a folder")
     for model, out, message in cases:
         code, _, err = run(small_prune_args(model, text_file, out), capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
         assert not __import__("os").path.exists(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_missing_parent_folders_of_the_output_are_created(tiny_model_dir, text_file, tmp_path, capsys):
+    """A fresh clone has no runs/ folder: `--output runs/x` creates it."""
+    out = tmp_path / "runs" / "nested" / "out"
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
+    assert code == 0, err
+    assert (out / "report.json").is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["out"]  # no temporary folder left beside it
 
 
 def test_existing_output_needs_overwrite(tiny_model_dir, text_file, tmp_path, capsys):
@@ -127,6 +146,9 @@ def test_failure_mid_run_leaves_no_output(tiny_model_dir, text_file, tmp_path, c
     monkeypatch.setattr(prunekit.api, "prune", boom)
     with pytest.raises(RuntimeError):
         main([str(a) for a in small_prune_args(tiny_model_dir, text_file, tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):  # parent folders the run created go too
+        main([str(a) for a in small_prune_args(tiny_model_dir, text_file, tmp_path / "new" / "sub" / "out")])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,3 +209,28 @@ def test_bench_on_cpu_is_dense_only(tiny_model_dir, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["dense"]["prefill_tokens_per_s"] > 0 and "sparse" not in report
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_nm_pattern_implies_its_sparsity_and_refuses_another():
+    assert WandaConfig(pattern="1:4").sparsity == 0.75 and WandaConfig(sparsity=0.5, pattern="2:4").sparsity == 0.5
+    assert WandaConfig().sparsity == 0.5
+    with pytest.raises(ValueError, match="drop --sparsity"):
+        WandaConfig(sparsity=0.3, pattern="2:4")
+
+
+def test_a_result_with_nan_weights_is_never_saved(tiny_model_dir, text_file, tmp_path, capsys, monkeypatch):
+    import prunekit.api
+
+    real_prune = prunekit.api.prune
+
+    def prune_to_nan(model, *args, **kwargs):
+        result = real_prune(model, *args, **kwargs)
+        next(model.parameters()).data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(prunekit.api, "prune", prune_to_nan)
+    out = tmp_path / "out"
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out, "--skip-dense-eval"), capsys)
+    last = err.strip().splitlines()[-1]  # after the run's progress log, one error line
+    assert code == 2 and last.startswith("prunekit: error:") and "NaN/Inf" in last and "nothing saved" in last
+    assert err.count("error") == 1 and list(tmp_path.iterdir()) == []

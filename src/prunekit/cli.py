@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,13 +25,33 @@ from .eval.table import results_table
 from .methods.slicegpt.layers import is_sliced, parameter_count
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
-from .outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
+from .outputs import (atomic_output_dir, check_finite_weights, check_output_dir, check_output_file,
+                      write_text_atomic)
 from .pruners import CONFIGS, PruneConfig, config_class
+from .pruners.base import flag_name
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (method options say theirs themselves)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (a switch; off unless given)".lstrip()
+        if action.default in (None, ""):
+            return text if action.required else f"{text} (default: none)".lstrip()
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2 (argparse would print the whole usage first)
         raise UsageError(message)
 
@@ -46,12 +67,12 @@ def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None) -> None
     p.add_argument("--eval-data", default=default_data,
                    help="perplexity sets: comma-separated names (pydoc, wikitext2, c4, ptb) or text/JSONL paths; "
                         "'none' skips")
-    p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
     p.add_argument("--max-eval-segments", type=int, default=40, help="evaluate at most this many windows")
     p.add_argument("--eval-bos", default="auto",
                    help="BOS at the start of every window and zero-shot prompt: auto (per model family), always "
                         "or never")
-    p.add_argument("--eval-batch-size", type=int, default=1)
+    p.add_argument("--eval-batch-size", type=int, default=1, help="evaluation windows per forward pass")
     p.add_argument("--task-data", help="folder of local zero-shot JSONL files (e.g. ../shared/data/zeroshot); "
                                        "without it lm-eval's standard tasks load their data from the hub")
     p.add_argument("--limit", type=int, help="zero-shot: score only the first N documents of each task")
@@ -65,19 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model, evaluate it, save it with report.json")
     _add_model_args(p)
     p.add_argument("--method", default="wanda", help=", ".join(CONFIGS))
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights removed (unstructured)")
+    p.add_argument("--sparsity", type=float,
+                   help="fraction of weights removed (default: 0.5 unstructured; an N:M pattern implies 1 - N/M)")
     p.add_argument("--pattern", default="unstructured",
                    help="unstructured, N:M (2:4, 4:8, ...) or structured (with --method rotpruner or slicegpt)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows' random starts")
     _add_eval_args(p, "pydoc")
     p.add_argument("--eval-tasks", default="",
                    help=f"zero-shot tasks ({', '.join(zeroshot.task_names())}) and more perplexity sets, "
                         "comma-separated: evaluated on the dense and the pruned model")
-    p.add_argument("--output", required=True, help="directory to write (must not exist, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--output", required=True,
+                   help="directory to write (must not exist, unless --overwrite; missing parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--save-format", default="hf", choices=("hf", "compact"),
                    help="hf: Hugging Face weights with zeros in place; compact: packed 2:4/bitmask weights")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
@@ -88,16 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed and memory of a 2:4 model against its dense self; JSON + PNG")
     _add_model_args(p)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--prompt-len", type=int, default=512)
-    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
+    p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens (prefill)")
+    p.add_argument("--gen-len", type=int, default=32, help="generated tokens (decode)")
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
     _add_model_args(p)
     _add_eval_args(p, "pydoc")
-    p.add_argument("--output", required=True, help="directory to write (must not exist, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--output", required=True,
+                   help="directory to write (must not exist, unless --overwrite; missing parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_fields(p, CONFIGS["losa"], FINETUNE_FIELDS)
 
@@ -111,12 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the results as JSON to this file")
     p.add_argument("--json", action="store_true",
                    help="print the JSON results instead of the table (always JSON without --tasks)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("task-configs", help="write prunekit's zero-shot task configs for the lm_eval command")
     p.add_argument("--task-data", required=True, help="folder of the local zero-shot JSONL files")
     p.add_argument("--output", required=True, help="folder to write the YAML files to (lm_eval --include_path)")
-    p.add_argument("--tasks", default=",".join(zeroshot.task_names()))
+    p.add_argument("--tasks", default=",".join(zeroshot.task_names()), help="comma-separated zero-shot tasks")
     return parser
 
 
@@ -134,20 +158,35 @@ def method_options() -> dict[str, tuple[dataclasses.Field, list[str]]]:
     return options
 
 
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _option_help(f: dataclasses.Field, methods: list[str]) -> str:
+    """The field's help, the methods that take it and its default for each (a `--no-x` switch turns off
+    `x`, which is on by default)."""
+    text = f.metadata.get("help", "")
+    if f.type in (bool, "bool"):
+        state = f"turns off {f.name}, which is on by default" if f.default else "off unless given"
+        return f"{text} ({', '.join(methods)}; {state})"
+    defaults = {method: _field_default(CONFIGS[method], f.name) for method in methods}
+    if len(set(map(repr, defaults.values()))) == 1:
+        return f"{text} ({', '.join(methods)}; default {f.default})"
+    return f"{text} (default: {', '.join(f'{m} {d}' for m, d in defaults.items())})"
+
+
+def _field_default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("method options")
     for name, (f, methods) in method_options().items():
-        help_text = f"{f.metadata.get('help', '')} ({', '.join(methods)}; default {f.default})"
+        help_text = _option_help(f, methods)
         if f.type in (bool, "bool"):
             const = not f.default
-            group.add_argument(_flag(f), dest=name, action="store_const", const=const, help=help_text)
+            group.add_argument(flag_name(f), dest=name, action="store_const", const=const, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            group.add_argument(_flag(f), dest=name, type=kind, help=help_text)
+            group.add_argument(flag_name(f), dest=name, type=kind, help=help_text)
 
 
 FINETUNE_FIELDS = ("rank", "alpha", "adapter", "train_data", "train_tokens", "train_seqlen", "train_batch_size",
@@ -160,7 +199,7 @@ def _add_config_fields(p: argparse.ArgumentParser, cls, names) -> None:
     for name in names:
         f = fields[name]
         kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-        p.add_argument(_flag(f), dest=name, type=kind, help=f"{f.metadata.get('help', '')} (default {f.default})")
+        p.add_argument(flag_name(f), dest=name, type=kind, help=f"{f.metadata.get('help', '')} (default {f.default})")
 
 
 #: --pattern structured: the method that removes whole dimensions for each method that has one
@@ -183,7 +222,7 @@ def _method_config(args):
         if value is None:
             continue
         if args.method not in methods:
-            raise UsageError(f"{_flag(f)} does not apply to --method {args.method}")
+            raise UsageError(f"{flag_name(f)} does not apply to --method {args.method}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -194,10 +233,10 @@ def _method_config(args):
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if not name.startswith(("cpu", "cuda")):
-        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
     return name
 
 
@@ -271,18 +310,21 @@ def cmd_prune(args) -> int:
         eval_seconds = sum(sum(e["seconds"].values()) for e in evaluations.values())
         table = results_table(evaluations) if evaluations else ""
 
+        parameters = {"before": parameters_before, "after": parameter_count(model)}
+        structure = _structure(config, parameters)
         report = {
             "prunekit_version": __version__,
             "model": args.model,
             "method": config.method,
-            "pattern": str(config.pattern),
-            "target_sparsity": config.sparsity,
-            "achieved_sparsity": result.achieved_sparsity,
+            "pattern": "structured" if structure else str(config.pattern),
+            "target_sparsity": None if structure else config.sparsity,
+            "achieved_sparsity": None if structure else result.achieved_sparsity,
+            **({"structured": structure} if structure else {}),
             "config": {**dataclasses.asdict(config), "pattern": str(config.pattern)},
             "calibration": {"data": calib_text.source, "nsamples": args.nsamples, "seqlen": args.seqlen,
                             "seed": args.seed, "bos": bos is not None},
             "evaluation": _evaluation_settings(args, sets, tasks, bos),
-            "parameters": {"before": parameters_before, "after": parameter_count(model)},
+            "parameters": parameters,
             "ppl": ppl,
             "zero_shot": {column: e["zero_shot"] for column, e in evaluations.items() if e["zero_shot"]},
             "zero_shot_mean": {column: e["zero_shot_mean"] for column, e in evaluations.items()
@@ -294,6 +336,7 @@ def cmd_prune(args) -> int:
         }
         if getattr(result, "details", None):
             report["details"] = result.details
+        check_finite_weights(model)
         if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
             report["saved_extra"] = extra
         if is_sliced(model):
@@ -306,12 +349,30 @@ def cmd_prune(args) -> int:
             report["saved"] = {"format": "hf"}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
 
-    print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
-          f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {prune_seconds:.1f} s")
+    if structure:
+        print(f"{config.method} structured ({structure['removes']} {structure['target']:.4f}) on {args.model}: "
+              f"parameters {parameters['before'] / 1e6:.2f} M -> {parameters['after'] / 1e6:.2f} M "
+              f"({structure['parameters_removed']:.2%} removed), pruning took {prune_seconds:.1f} s")
+    else:
+        print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
+              f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {prune_seconds:.1f} s")
     if table:
         print(table)
     print(f"saved to {args.output} (report: {args.output}/report.json)")
     return 0
+
+
+def _structure(config, parameters: dict) -> dict | None:
+    """What a structured method removed (None for a sparse pattern): the slicing fraction of the hidden width
+    (slicegpt, rotpruner-structured) or the fraction of MLP channels (wanda-channels), and the parameters."""
+    if getattr(config, "slicing", None) is not None:
+        removes, target = "slicing", config.slicing
+    elif config.method == "wanda-channels":
+        removes, target = "channels", config.sparsity
+    else:
+        return None
+    removed = 1 - parameters["after"] / parameters["before"] if parameters["before"] else 0.0
+    return {"removes": removes, "target": target, "parameters_removed": removed}
 
 
 def _prune_share(args, config, device, dtype) -> int:
@@ -369,6 +430,7 @@ def cmd_finetune(args) -> int:
             "timings": {"finetune": seconds, "eval": eval_seconds}, "details": result.details,
             "environment": _environment(device, dtype),
         }
+        check_finite_weights(model)
         if extra := result.before_save(model, tmp):
             report["saved_extra"] = extra
         model.save_pretrained(tmp)
@@ -430,8 +492,10 @@ def cmd_bench(args) -> int:
     tmp.write_text(json.dumps(report, indent=2))
     plot(report, output.with_suffix(".png"))
     tmp.replace(output)
-    print(json.dumps({k: report[k] for k in ("device", "dense", "sparse", "layers_converted") if k in report},
-                     indent=2))
+    _log(f"kernel paths: {report.get('kernel_path_counts', {})} (per layer under \"kernel_paths\" in {output}; "
+         "PRUNEKIT_LOG=1 prints each decision and its reason)")
+    keys = ("device", "dense", "sparse", "layers_converted", "kernel_path_counts")
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
     return 0
 
 

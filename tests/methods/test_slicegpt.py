@@ -98,7 +98,11 @@ def test_cli_slicegpt(tiny_model_dir, text_file, tmp_path, capsys):
     assert report["method"] == "slicegpt" and report["saved"]["format"] == "sliced"
     assert report["parameters"]["after"] < report["parameters"]["before"]
     assert set(report["ppl"]) == {"dense", "pruned"}
-    capsys.readouterr()
+    # reported as structured: what was sliced and how many parameters went, no "sparsity" of a pattern
+    before, after = report["parameters"]["before"], report["parameters"]["after"]
+    assert report["pattern"] == "structured" and report["target_sparsity"] is None
+    assert report["structured"] == {"removes": "slicing", "target": 0.25, "parameters_removed": 1 - after / before}
+    assert "slicegpt structured (slicing 0.2500)" in capsys.readouterr().out
     assert main(["eval", "--model", str(out), "--eval-data", str(text_file), "--eval-seqlen", "64",
                  "--max-eval-segments", "2", "--quiet", "--json"]) == 0
     ppl = json.loads(capsys.readouterr().out)["ppl"]
@@ -118,7 +122,8 @@ def test_cli_rotpruner_pattern_structured(tiny_model_dir, text_file, tmp_path, c
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "rotpruner-structured" and report["saved"]["format"] == "sliced"
-    capsys.readouterr()
+    assert report["pattern"] == "structured" and report["structured"]["removes"] == "slicing"
+    assert "rotpruner-structured structured (slicing 0.2500)" in capsys.readouterr().out
     target = tmp_path / "wanda-structured"
     code = main(_argv(tiny_model_dir, text_file, target, "--method", "wanda", "--pattern", "structured"))
     err = capsys.readouterr().err

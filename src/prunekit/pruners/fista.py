@@ -56,7 +56,7 @@ class FistaConfig(PruneConfig):
         "help": "conjugate-gradient iterations of the least-squares refit of the kept weights (0: off)"})
     scaled: bool = field(default=True, metadata={
         "flag": "--no-scaled",
-        "help": "run FISTA on W*·diag(‖X*_j‖) (same problem, far better conditioned) instead of W* itself"})
+        "help": "run FISTA on W* itself instead of on W*·diag(‖X*_j‖) (the same problem, far better conditioned)"})
     penalty: str = field(default="adaptive", metadata={
         "help": "l1 (the paper's lam‖W*‖₁) or adaptive (lam Σ|W*_ij|/|W_ij|, the adaptive LASSO)"})
     round_by: str = field(default="wanda", metadata={
@@ -316,7 +316,7 @@ class FistaPruner(Pruner):
             return W.clone()
         # Wanda on the operator's actual input X*: |W_ij|·‖X*_j‖, compared within each row
         scores = W.abs() * torch.diagonal(self.G).clamp_min(0).sqrt().unsqueeze(0)
-        return W * select_mask(scores, cfg.pattern, cfg.sparsity, group="row")
+        return W.masked_fill(~select_mask(scores, cfg.pattern, cfg.sparsity, group="row"), 0.0)  # +0.0, not -0.0
 
     def prune(self, weight: torch.Tensor) -> torch.Tensor:
         """FISTA + λ bisection at the target sparsity, then the final mask (unstructured: the largest
@@ -376,4 +376,4 @@ class FistaPruner(Pruner):
             "fista_sparsity": fista_sparsity, "rel_error_rounded": error_rounded / total if total else 0.0,
             "rel_error": error / total if total else 0.0, "refit_iters": cfg.refit_iters,
         }
-        return Wp
+        return Wp.masked_fill(~mask, 0.0)  # +0.0 where pruned: `· mask` leaves -0.0, which 2:4 packing refuses

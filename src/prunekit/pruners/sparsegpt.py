@@ -16,8 +16,9 @@ class SparseGPTConfig(PruneConfig):
     """`update=False` keeps SparseGPT's mask rule but skips the weight reconstruction."""
 
     method = "sparsegpt"
-    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates"})
-    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal"})
+    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates", "min": 1})
+    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal",
+                                                     "above": 0.0})
     update: bool = field(default=True, metadata={"flag": "--no-update",
                                                  "help": "mask only, without weight reconstruction"})
 

@@ -51,11 +51,12 @@ class RotPrunerConfig(PruneConfig):
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
     mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
     ste: str = field(default="sr-ste", metadata={"help": "gradient through the mask: sr-ste, ste or none"})
-    srste_decay: float = field(default=2e-4, metadata={"help": "SR-STE decay λ of the pruned weights"})
+    srste_decay: float = field(default=2e-4, metadata={"help": "SR-STE decay λ of the pruned weights", "min": 0.0})
     train_dtype: str = field(default="float32", metadata={"help": "compute dtype while learning Q: float32, tf32 (CUDA matmuls in TF32) or bfloat16 (autocast)"})
     train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
-    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates"})
-    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal"})
+    blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates", "min": 1})
+    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal",
+                                                     "above": 0.0})
 
     def __post_init__(self):
         super().__post_init__()

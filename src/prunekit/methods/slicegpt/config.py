@@ -24,8 +24,8 @@ class SliceGPTConfig(PruneConfig):
     round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
     keep_tied: bool = field(default=True, metadata={
         "flag": "--no-keep-tied",
-        "help": "tied input/output embeddings: keep the shared table whole and add a d×k projection at each end "
-                "(--no-keep-tied: untie, slice both as in the paper)"})
+        "help": "untie tied input/output embeddings and slice both, as in the paper (without the flag the shared "
+                "table stays whole, joined to the sliced stream by a d×k projection at each end)"})
     shared_layer_basis: bool = field(default=False, metadata={
         "help": "one basis per layer for its attention and MLP inputs (PCA of both): no attention shortcut, "
                 "k² fewer weights read per layer and token"})
