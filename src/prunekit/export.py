@@ -14,6 +14,7 @@ Each 2-D weight gets the smallest of the three; loading restores every tensor bi
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from .sparse.linear import SparseLinear24
 from .sparse.packing import is_24, nonzero_bits, pack_24, pack_bitmask, unpack_24, unpack_bitmask
+from .sparse.paths import kernel_paths
 
 COMPACT_FILE = "model.prunekit.safetensors"
 FORMAT, VERSION = "prunekit-compact", "1"
@@ -86,7 +88,9 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
     """A transformers model from a compact directory, every tensor restored bit for bit.
 
     With `sparse_modules`, 2:4 linear weights become SparseLinear24 modules built from the packed
-    tensors directly (never unpacked); otherwise they are unpacked into ordinary nn.Linear weights."""
+    tensors directly (never unpacked; each runs the fastest 2:4 kernel per row count, see SparseLinear24), and
+    the model gets a `kernel_paths()` method: {module name: {label: (path, reason)}} of what ran and why
+    (PRUNEKIT_LOG=1 prints each decision); otherwise they are unpacked into ordinary nn.Linear weights."""
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
@@ -109,8 +113,9 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
             parent, _, child = module_name.rpartition(".")
             linear = model.get_submodule(module_name)
             bias = raw.get(f"{module_name}.bias", linear.bias.data if linear.bias is not None else None)
-            setattr(model.get_submodule(parent), child,
-                    SparseLinear24(raw[f"{name}.values"], raw[f"{name}.meta"], bias, info["shape"][1]))
+            sparse = SparseLinear24(raw[f"{name}.values"], raw[f"{name}.meta"], bias, info["shape"][1])
+            sparse.name = module_name
+            setattr(model.get_submodule(parent), child, sparse)
         elif info["scheme"] == "2:4":
             state[name] = unpack_24(raw[f"{name}.values"], raw[f"{name}.meta"])
         elif info["scheme"] == "bitmask":
@@ -128,6 +133,8 @@ def load_compact(directory: str | Path, sparse_modules: bool = False, device: st
                          f"unexpected {sorted(unexpected)[:3]})")
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
+    if sparse_modules:
+        model.kernel_paths = functools.partial(kernel_paths, model)
     return model.to(device).eval()
 
 

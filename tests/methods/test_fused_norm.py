@@ -1,41 +1,42 @@
-"""The sliced model's one-kernel RMS norm equals the unfused RMSN (runs the Triton kernel on CPU only under
-TRITON_INTERPRET=1; on a GPU machine it runs on CUDA)."""
-
-import os
+"""The sliced model's one-kernel RMS norm equals the unfused RMSN: on a GPU machine the compiled kernel on CUDA,
+elsewhere the same kernel through Triton's interpreter on CPU tensors, in this process (tests/sparse/
+triton_interpreter.py: no TRITON_INTERPRET=1 needed, so test_kernels_compile.py runs in the same pytest run)."""
 
 import pytest
 import torch
 
 from prunekit.methods.slicegpt import fused_norm
 from prunekit.methods.slicegpt.layers import RMSN
+from sparse import triton_interpreter  # tests/sparse, on sys.path as tests/ is (like conftest)
+
+needs_triton = pytest.mark.skipif(not fused_norm.available(), reason="needs Triton installed (compiled on a CUDA "
+                                  "GPU, interpreted on CPU)")
 
 
-def where() -> str | None:
-    if not fused_norm.available():
-        return None
+@pytest.fixture
+def device():
+    """Where the kernel runs: "cuda" compiled, else "cpu" interpreted until the test ends."""
     if torch.cuda.is_available():
-        return "cuda"
-    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-
-
-needs_triton = pytest.mark.skipif(where() is None, reason="needs Triton with a CUDA GPU, or TRITON_INTERPRET=1 on "
-                                  "the CPU")
+        yield "cuda"
+        return
+    with triton_interpreter.interpreted(fused_norm):
+        yield "cpu"
 
 
 @needs_triton
 @pytest.mark.parametrize("shape,mean_dim", [((3, 5, 403), 576), ((1, 64), 64), ((7, 1000), 1536)])
-def test_fused_rms_norm_matches_the_unfused_norm(shape, mean_dim):
-    x = torch.randn(*shape, device=where()) * 3
+def test_fused_rms_norm_matches_the_unfused_norm(device, shape, mean_dim):
+    x = torch.randn(*shape, device=device) * 3
     expected = RMSN(mean_dim, 1e-5)(x.cpu())  # the unfused path (CPU)
     assert torch.allclose(fused_norm.rms_norm(x, mean_dim, 1e-5).cpu(), expected, rtol=1e-5, atol=1e-6)
-    w = torch.rand(shape[-1], device=where()) + 0.5
+    w = torch.rand(shape[-1], device=device) + 0.5
     assert torch.allclose(fused_norm.rms_norm(x, mean_dim, 1e-5, w).cpu(), expected * w.cpu(), rtol=1e-5, atol=1e-6)
 
 
 @needs_triton
-def test_fused_rms_norm_reads_rows_by_their_stride():
-    x = torch.randn(7, 1000, device=where())[:, 100:500]  # row stride 1000, 400 columns
-    strided_weight = (torch.rand(400, 2, device=where()) + 0.5)[:, 0]
+def test_fused_rms_norm_reads_rows_by_their_stride(device):
+    x = torch.randn(7, 1000, device=device)[:, 100:500]  # row stride 1000, 400 columns
+    strided_weight = (torch.rand(400, 2, device=device) + 0.5)[:, 0]
     expected = RMSN(576, 1e-5)(x.cpu()) * strided_weight.cpu()
     assert torch.allclose(fused_norm.rms_norm(x, 576, 1e-5, strided_weight).cpu(), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="shape"):
@@ -44,8 +45,8 @@ def test_fused_rms_norm_reads_rows_by_their_stride():
 
 
 @needs_triton
-def test_fused_rms_norm_in_fp16_is_within_one_rounding():
-    x = torch.randn(9, 464, device=where()) * 4
+def test_fused_rms_norm_in_fp16_is_within_one_rounding(device):
+    x = torch.randn(9, 464, device=device) * 4
     expected = RMSN(576, 1e-5)(x.cpu())  # fp32
     got = fused_norm.rms_norm(x.half(), 576, 1e-5).cpu().float()
     assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=2 ** -10, atol=1e-3)

@@ -1,5 +1,8 @@
-"""The Triton kernels compile for Hopper (sm_90) without a GPU: Triton's own ptxas turns them into cubins, so a
-kernel that would fail to build on the GPU machine fails here first. Skipped where Triton is not installed."""
+"""The Triton kernels compile for Ampere and Hopper (sm_80, sm_90) without a GPU: Triton's own ptxas turns them into
+cubins, so a kernel that would fail to build on the GPU machine fails here first — including gemv24's inline PTX,
+which the interpreter tests cannot run (they take its EMULATE branch). Skipped where Triton is not installed, and
+under TRITON_INTERPRET=1, which replaces the kernels before they can be compiled (plain pytest runs the
+interpreter tests in-process instead: tests/sparse/triton_interpreter.py)."""
 
 import os
 

@@ -5,6 +5,8 @@ from prunekit.patterns import keep_n_of_m
 from prunekit.sparse import SparseLinear24, convertible_shapes, sparsify, triton_decode
 from prunekit.sparse.packing import pack_24, unpack_24
 
+from . import triton_interpreter
+
 
 def random_24(out=48, inp=64, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -69,29 +71,27 @@ def test_gemv_matches_dense_on_cuda(dtype, out, inp):
         assert ((y - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2), cfg
 
 
-def triton_interpreter():
-    import os
-
-    return triton_decode.available() and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@pytest.mark.skipif(not triton_interpreter(), reason="runs the Triton kernels on CPU only under TRITON_INTERPRET=1 "
-                    "with Triton installed (GPU machines test them through test_cuda_paths_match_dense_in_fp16)")
+@pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed (runs its interpreter on CPU)")
 @pytest.mark.parametrize("rows,out,inp", [(1, 40, 256), (1, 17, 96), (5, 17, 96), (16, 64, 512)])
 def test_triton_kernels_in_the_interpreter(rows, out, inp):
+    """spmm24 and gemv24 against the dense product, run by Triton's interpreter in this process (see
+    triton_interpreter.py). gemv24's inline PTX cannot run in the interpreter, so on CPU its EMULATE branch (the
+    same sums in plain Triton operations) runs here; the PTX branch is built for sm_80 and sm_90 by
+    test_kernels_compile.py (ptxas checks it) and run against dense by test_gemv_matches_dense_on_cuda on a GPU."""
     W = random_24(out, inp)
     values, meta = pack_24(W)
     x, bias = torch.randn(rows, inp), torch.randn(out)
     small = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4}
-    assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
-    if rows == 1:  # gemv24 reads 16-bit floats; here its plain-Triton twin of the PTX step runs
-        for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
-            v16, x16, b16 = values.to(dtype), x.to(dtype), bias.to(dtype)
-            ref = x16.float() @ unpack_24(v16, meta).float().T + b16.float()
-            for block_n, block_b in ((4, 8), (1, 64)):  # full steps and a partial one; a partial step only
-                cfg = {"BLOCK_N": block_n, "BLOCK_B": block_b, "num_warps": 1}
-                y = triton_decode.gemv24(x16, v16, meta, b16, cfg).float()
-                assert ((y - ref).norm() / ref.norm()) < tol
+    with triton_interpreter.interpreted(triton_decode):
+        assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
+        if rows == 1:  # gemv24 reads 16-bit floats; here its plain-Triton twin of the PTX step runs
+            for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+                v16, x16, b16 = values.to(dtype), x.to(dtype), bias.to(dtype)
+                ref = x16.float() @ unpack_24(v16, meta).float().T + b16.float()
+                for block_n, block_b in ((4, 8), (1, 64)):  # full steps and a partial one; a partial step only
+                    cfg = {"BLOCK_N": block_n, "BLOCK_B": block_b, "num_warps": 1}
+                    y = triton_decode.gemv24(x16, v16, meta, b16, cfg).float()
+                    assert ((y - ref).norm() / ref.norm()) < tol
 
 
 def test_newer_cusparselt_choice():
@@ -114,7 +114,8 @@ def test_newer_cusparselt_products_match_dense(out_rows):
 
     lib = cusparselt_lib.load()
     if lib is None:
-        pytest.skip("no cuSPARSELt newer than torch's is installed (pip nvidia-cusparselt-cu13 or PRUNEKIT_CUSPARSELT)")
+        pytest.skip("needs a CUDA GPU and a cuSPARSELt newer than torch's (pip nvidia-cusparselt-cu13 or "
+                    "PRUNEKIT_CUSPARSELT)")
     W = random_24(1024, 4096, torch.float16).cuda()
     x = torch.randn(48, 4096, dtype=torch.float16, device="cuda")
     ref = (x @ W.t()).float()
@@ -139,7 +140,8 @@ def test_sparse_linear_through_newer_cusparselt_graphed():
     from prunekit.sparse.timing import graph
 
     if cusparselt_lib.load() is None:
-        pytest.skip("no cuSPARSELt newer than torch's is installed (pip nvidia-cusparselt-cu13 or PRUNEKIT_CUSPARSELT)")
+        pytest.skip("needs a CUDA GPU and a cuSPARSELt newer than torch's (pip nvidia-cusparselt-cu13 or "
+                    "PRUNEKIT_CUSPARSELT)")
     linear = torch.nn.Linear(4096, 1024, dtype=torch.float16, device="cuda")
     linear.weight.data = random_24(1024, 4096, torch.float16).cuda()
     sparse = SparseLinear24.from_linear(linear)

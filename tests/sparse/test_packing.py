@@ -37,8 +37,22 @@ def test_negative_zero_is_kept_bit_exactly():
 def test_not_24_is_refused():
     W = torch.ones(2, 8)
     assert not is_24(W)
-    with pytest.raises(ValueError, match="not 2:4"):
+    with pytest.raises(ValueError, match="not 2:4: 4 groups of 4 have more than 2 non-zeros"):
         pack_24(W)
+
+
+def test_negative_zeros_from_w_times_mask_are_refused_with_the_fix():
+    """`w * mask` leaves -0.0 where w < 0; a 2:4 group cannot hold them (only 2 slots, others unpack as +0.0), so
+    the packing refuses them, saying why and what to do, and the suggested fixes pack and round-trip exactly."""
+    w = torch.tensor([[-1.0, -2.0, 3.0, 4.0, 5.0, -6.0, -7.0, 8.0]])
+    mask = torch.tensor([[False, False, True, True, True, False, False, True]])
+    W = w * mask
+    assert torch.signbit(W[0, 0]) and not is_24(W)
+    with pytest.raises(ValueError, match=r"-0\.0 entries .*w\.masked_fill\(~mask, 0\) or w \+ 0\.0"):
+        pack_24(W)
+    for fixed in (w.masked_fill(~mask, 0), W + 0.0):
+        restored = unpack_24(*pack_24(fixed))
+        assert torch.equal(restored.view(torch.int32), fixed.view(torch.int32)) and torch.equal(restored, W)
 
 
 @pytest.mark.parametrize("cols", [8, 13, 64])

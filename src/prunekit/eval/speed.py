@@ -44,7 +44,7 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
         sparse_ms = time_calls([lambda layer=layer: layer(x) for layer in sparse], graphed=graphed)
     return {"out": out_features, "in": in_features, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
             "graphed": graphed, "view_output": view_output, "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
-            "rel_err": err}
+            "rel_err": err, "kernel_paths": dict(sparse[0].paths)}
 
 
 @torch.no_grad()
@@ -130,8 +130,13 @@ def linear_shapes(model) -> list[tuple[int, int]]:
 
 
 def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype=torch.float16) -> dict:
-    """Dense vs 2:4 per linear shape and end to end; on CPU the dense model only (the 2:4 kernels need CUDA)."""
+    """Dense vs 2:4 per linear shape and end to end; on CPU the model as given only (the 2:4 kernels need CUDA).
+
+    "kernel_paths" lists, per SparseLinear24 of the measured model, each row count's path and why
+    ({name: {label: [path, reason]}}, see prunekit.sparse.paths) and "kernel_path_counts" how many chose
+    each path; a model without SparseLinear24 layers (CPU, dense) reports both empty."""
     from ..sparse.linear import convertible_shapes, sparsify
+    from ..sparse.paths import kernel_paths, path_counts
 
     device = next(model.parameters()).device
     shapes = linear_shapes(model)
@@ -139,14 +144,16 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
     if device.type != "cuda":
         report["note"] = "CPU: dense model only; the 2:4 kernels (cuSPARSELt, Triton) need a CUDA GPU"
         report["dense"] = measure_model(model, batch, prompt_len, gen_len, repeats=3)
-        return report
-    tokens = sorted({1, batch, batch * prompt_len})
-    report["linear"] = [compare_linear(out, inp, n, dtype) for out, inp in shapes for n in tokens]
-    convert = convertible_shapes(report["linear"])
-    report["dense"] = measure_model(model, batch, prompt_len, gen_len)
-    report["converted_shapes"] = sorted(convert)
-    report["layers_converted"] = sparsify(model, convert)
-    report["sparse"] = measure_model(model, batch, prompt_len, gen_len)
+    else:
+        tokens = sorted({1, batch, batch * prompt_len})
+        report["linear"] = [compare_linear(out, inp, n, dtype) for out, inp in shapes for n in tokens]
+        convert = convertible_shapes(report["linear"])
+        report["dense"] = measure_model(model, batch, prompt_len, gen_len)
+        report["converted_shapes"] = sorted(convert)
+        report["layers_converted"] = sparsify(model, convert)
+        report["sparse"] = measure_model(model, batch, prompt_len, gen_len)
+    report["kernel_paths"] = kernel_paths(model)
+    report["kernel_path_counts"] = path_counts(report["kernel_paths"])
     return report
 
 

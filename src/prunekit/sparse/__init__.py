@@ -2,6 +2,7 @@
 
 from .linear import SparseLinear24, convertible_shapes, sparsify
 from .packing import is_24, pack_24, pack_bitmask, unpack_24, unpack_bitmask
+from .paths import kernel_paths, path_counts
 
-__all__ = ["SparseLinear24", "convertible_shapes", "is_24", "pack_24", "pack_bitmask", "sparsify",
-           "unpack_24", "unpack_bitmask"]
+__all__ = ["SparseLinear24", "convertible_shapes", "is_24", "kernel_paths", "pack_24", "pack_bitmask", "path_counts",
+           "sparsify", "unpack_24", "unpack_bitmask"]

@@ -40,7 +40,7 @@ def pack_24(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"2:4 packing needs a multiple of 8 inputs, got {cols}")
     nz = nonzero_bits(W).view(out, cols // 4, 4)
     if (nz.sum(dim=2) > 2).any():
-        raise ValueError("weight is not 2:4: some group of 4 has more than 2 non-zeros")
+        raise ValueError(_not_24_message(W, nz))
     # non-zero positions first, then the lowest free ones; the two chosen sorted ascending
     order = (~nz).to(torch.int8) * 4 + torch.arange(4, dtype=torch.int8, device=W.device)
     idx = order.argsort(dim=2)[:, :, :2].sort(dim=2).values  # [out, groups, 2]
@@ -48,6 +48,17 @@ def pack_24(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nibble = (idx[:, :, 0] | (idx[:, :, 1] << 2)).to(torch.uint8).view(out, cols // 8, 2)
     meta = nibble[:, :, 0] | (nibble[:, :, 1] << 4)
     return values.contiguous(), meta.contiguous()
+
+
+def _not_24_message(W: torch.Tensor, nz: torch.Tensor) -> str:
+    """Why pack_24 refuses W; names -0.0 when only negative zeros break the pattern, since they are kept bit
+    for bit (the packing has no slot for a third entry of a group) and a pruning by `w * mask` leaves them."""
+    over = int((nz.sum(dim=2) > 2).sum())
+    if W.is_floating_point() and ((W != 0).view_as(nz).sum(dim=2) <= 2).all():
+        return (f"weight is not 2:4 bit for bit: {over} groups of 4 hold more than 2 non-zero bit patterns because "
+                "of -0.0 entries (as `w * mask` leaves where w < 0), which 2:4 packing cannot keep; zero them as "
+                "+0.0 first: w.masked_fill(~mask, 0) or w + 0.0")
+    return f"weight is not 2:4: {over} groups of 4 have more than 2 non-zeros"
 
 
 def unpack_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
 GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # tuned best for 4096×4096 (H200)
 #: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
 TUNED: dict[tuple[int, int, int], dict] = {}
+#: per TUNED key, the configurations `tune` could not run: {"count": how many, "last": the last one and why}
+REJECTED: dict[tuple, dict] = {}
 CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": st}
            for n in (16, 32, 64) for k in (128, 256) for s in (1, 2) for st in (2, 4)]
 
@@ -251,17 +253,25 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     g = torch.Generator(device=values.device).manual_seed(0)  # leaves the global random state alone
     x = torch.randn(rows, 2 * values.shape[1], dtype=values.dtype, device=values.device, generator=g)
     fn = gemv24 if kernel == "gemv" else spmm24
-    timings = []
+    key = (values.shape[0], 2 * values.shape[1], "gemv", values.dtype) if kernel == "gemv" else \
+        (values.shape[0], 2 * values.shape[1], rows)
+    timings, rejected, last = [], 0, ""
     for cfg in configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS):
         calls = [lambda v=v, m=m, cfg=cfg: fn(x, v, m, config=cfg) for v, m in weights]
         try:
             timings.append((time_calls(calls, repeats=10), cfg))
-        except Exception:  # a configuration the compiler rejects (e.g. out of shared memory) is skipped
-            continue
+        except Exception as e:  # a configuration the compiler rejects (e.g. out of shared memory) is skipped
+            rejected += 1
+            last = f"{cfg}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
+    REJECTED[key] = {"count": rejected, "last": last}
+    if rejected:
+        from .paths import log
+
+        log(f"tune {kernel} {key[:2]}: {rejected} of {rejected + len(timings)} launch configurations rejected "
+            f"(last: {last})")
     if not timings:
-        raise RuntimeError(f"no {kernel} launch configuration compiled for this GPU")
+        raise RuntimeError(f"no {kernel} launch configuration compiled for this GPU ({rejected} rejected; "
+                           f"last: {last})")
     ms, best = min(timings, key=lambda t: t[0])
-    key = (values.shape[0], 2 * values.shape[1], "gemv", values.dtype) if kernel == "gemv" else \
-        (values.shape[0], 2 * values.shape[1], rows)
     TUNED[key] = best
     return best, ms
