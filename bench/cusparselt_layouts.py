@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from environment import environment  # bench/environment.py
 from prunekit.eval.speed import random_24_linears
 from prunekit.sparse import cusparselt_lib as cl
 from prunekit.sparse.timing import time_calls
@@ -156,7 +157,7 @@ def main() -> None:
                   flush=True)
             rows.append(row)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"environment": environment("cuda", "float16"), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from environment import environment  # bench/environment.py
 from prunekit.eval.speed import random_24_linears
 from prunekit.sparse import cusparselt_lib
 from prunekit.sparse.timing import time_calls
@@ -112,11 +113,13 @@ def main() -> None:
         rows = split_k_cells(lib)
         if args.json:
             Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "library_version": lib.version,
-                                                   "split_k": rows}, indent=2))
+                                                   "environment": environment("cuda", "float16"), "split_k": rows},
+                                                  indent=2))
         return
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "builtin_cusparselt": torch.backends.cusparselt.version(),
-            "library": lib.path if lib else None, "library_version": lib.version if lib else None, "rows": []}
+            "library": lib.path if lib else None, "library_version": lib.version if lib else None,
+            "environment": environment("cuda", "float16"), "rows": []}
     print(json.dumps({k: v for k, v in info.items() if k != "rows"}), flush=True)
     for out, inp in SHAPES:
         for tokens in map(int, args.tokens.split(",")):

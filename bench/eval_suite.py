@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ from prunekit import (RotPrunerStructuredConfig, SliceGPTConfig, SparseGPTConfig
 from prunekit.data import calibration_windows, evaluation_windows, read_text_file, tokenize  # noqa: E402
 from prunekit.eval import zeroshot  # noqa: E402
 from prunekit.eval.table import results_table  # noqa: E402
+
+from environment import environment  # noqa: E402  (bench/environment.py)
 
 CELLS = ["dense", "wanda:unstructured", "wanda:2:4", "sparsegpt:unstructured", "sparsegpt:2:4"]
 CONFIGS = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
@@ -109,17 +110,17 @@ def main(argv=None) -> int:
         results[cell] = api.evaluate_suite(model, tokenizer, sets, tasks, device=args.device, batch_size=batch_size,
                                            bos=bos, limit=args.limit, progress=False)
         results[cell]["seconds"]["prune"] = prune_seconds
+        results[cell]["environment"] = environment(args.device, args.dtype)  # per cell: a resumed file mixes machines
         model.to("cpu")
         del model
         print(f"{cell}: done ({json.dumps(results[cell]['seconds'])})", file=sys.stderr, flush=True)
         if args.json:
-            save(args.json, settings, results, args.device)
+            save(args.json, settings, results)
 
     ordered = {cell: results[cell] for cell in CELLS + sorted(set(results) - set(CELLS)) if cell in results}
     print(results_table(ordered))
     if not args.json:
-        print(json.dumps({"settings": settings, "environment": environment(args.device), "results": ordered},
-                         indent=2))
+        print(json.dumps({"settings": settings, "machines": machines(ordered), "results": ordered}, indent=2))
     return 0
 
 
@@ -133,21 +134,20 @@ def resume(path: str | None, settings: dict) -> dict:
     return saved["results"]
 
 
-def save(path: str, settings: dict, results: dict, device: str) -> None:
+def machines(results: dict, known: dict | None = None) -> dict:
+    """Which machine and precision produced each cell (each cell records its own full environment; cells of
+    older files that did not are taken from `known`, the file's own "machines")."""
+    known = known or {}
+    return {cell: f"{r['environment']['machine']}, {r['environment']['precision']['label']}"
+            if "environment" in r else known.get(cell, "not recorded") for cell, r in results.items()}
+
+
+def save(path: str, settings: dict, results: dict) -> None:
+    old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps({"settings": settings, "environment": environment(device),
+    tmp.write_text(json.dumps({"settings": settings, "machines": machines(results, old.get("machines")),
                                "results": results}, indent=2))
     os.replace(tmp, path)
-
-
-def environment(device) -> dict:
-    import transformers
-
-    env = {"torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(), "device": str(device)}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import torch  # noqa: E402
 
 from prunekit import FistaConfig, SparseGPTConfig, load_model, prune  # noqa: E402
 
+from environment import environment  # noqa: E402  (bench/environment.py)
+
 
 def sync(device) -> None:
     if str(device).startswith("cuda"):
@@ -118,7 +120,7 @@ def main() -> None:
         rows += model_rows(args.model, Path(args.data), args.device, fista_options, args.patterns.split(","),
                            args.nsamples)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"environment": environment(args.device, "float32"), "rows": rows}, indent=2))
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"\n{device}, torch {torch.__version__}, {args.tokens} calibration tokens per operator, "

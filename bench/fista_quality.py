@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
+from environment import machine, precision  # noqa: E402  (bench/environment.py)
 from parity import protocol_q, wiki_ppl  # noqa: E402
 from prunekit import load_model, prune  # noqa: E402
 from prunekit.pruners import CONFIGS  # noqa: E402
@@ -79,7 +80,8 @@ def main() -> None:
     calib, sets = protocol_q(tokenizer, Path(args.data))
     calib = calib[:args.nsamples]
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "nsamples": args.nsamples, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+            "nsamples": args.nsamples, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "machine": machine(args.device), "precision": precision("float32", args.device)}
     if "dense_ppl" not in saved:
         saved["dense_ppl"] = wiki_ppl(dense, sets, args.device)
     print(f"dense: {saved['dense_ppl']:.3f}  {json.dumps(meta)}", flush=True)

@@ -10,13 +10,18 @@ Records perplexity (protocol Q), achieved sparsity and the merge check, time per
 memory, writes JSON, and prints markdown tables last.
 
     PYTHONPATH=src python bench/losa_gpu.py --device cuda --out losa_gpu.json
+
+fp32 matrix products run in strict fp32, as through the CLI; --tf32 allows TF32 on CUDA (faster, and not
+the same numbers: for Wanda 70% alone an issue reports 979.89 through the strict-fp32 CLI against 832.64 from
+this script with TF32). The JSON
+records which ("environment" → "precision"), and --resume refuses a file written under the other setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +30,8 @@ import torch
 import prunekit
 from prunekit import api
 from prunekit.pruners import config_class
+
+from environment import environment  # bench/environment.py
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
@@ -60,6 +67,8 @@ def parse_args():
     p.add_argument("--eval-segments", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--dense-eval", action="store_true", help="also evaluate the dense model")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 for fp32 matmuls on CUDA (default: strict fp32, as the CLI); recorded in the JSON")
     p.add_argument("--out", default="losa_gpu.json")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already in --out and run only the missing variants (runs under a time limit)")
@@ -143,11 +152,16 @@ def main():
     data = Path(args.data_dir)
     args.train_data = args.train_data or str(data / "c4" / "c4.validation_2k.jsonl")
     if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 storage, tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32  # set either way: never inherit a silent default
+    env = environment(args.device, args.dtype)
     model, tokenizer = prunekit.load_model(args.model, args.dtype, args.device)
     calib, _ = api.calibration(tokenizer, str(data / "wikitext2" / "wiki.valid.tokens"), args.nsamples, 512, 0)
     sets = api.evaluation_sets(tokenizer, [str(data / "wikitext2" / "wiki.test.raw")], 1024, args.eval_segments)
     previous = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
+    before = previous.get("environment", {}).get("precision", previous.get("precision", {})).get("fp32_matmul")
+    if before is not None and before != env["precision"]["fp32_matmul"]:
+        sys.exit(f"{args.out} was written with fp32 matmuls in {before}, this run uses "
+                 f"{env['precision']['fp32_matmul']}: pass the same --tf32 setting or another --out")
     rows = previous.get("rows", [])
     dense_ppl = previous.get("dense_ppl")
     if args.dense_eval and dense_ppl is None:
@@ -162,15 +176,8 @@ def main():
                 continue
             rows.append(run_variant(variant, pattern, args, calib, sets))
             Path(args.out).write_text(json.dumps({"args": vars(args), "dense_ppl": dense_ppl, "rows": rows,
-                                                  "environment": environment(args.device)}, indent=2))
+                                                  "environment": env}, indent=2))
     print(markdown(rows, dense_ppl, args))
-
-
-def environment(device):
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
+from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerConfig, load_model, prune  # noqa: E402
 from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
 
@@ -59,9 +59,10 @@ def main() -> None:
     calib, sets = protocol_q(tokenizer, Path(args.data), args.nsamples, args.eval_windows)
     t0 = time.perf_counter()
     dense_ppl = wiki_ppl(dense, sets, args.device)
-    env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "dense_ppl": dense_ppl,
-           "eval_seconds": time.perf_counter() - t0}
+    # precision: weights and evaluation in fp32 (strict unless TF32 was enabled); Q's training runs in the
+    # config's train_dtype (recorded per row under "config"), which RotPruner sets and restores itself
+    env = environment(args.device, "float32", threads=torch.get_num_threads(), dense_ppl=dense_ppl,
+                      eval_seconds=time.perf_counter() - t0)
     print(json.dumps(env), flush=True)
 
     overrides = config_overrides(args, TUNABLE)
@@ -92,11 +93,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if args.jsonl:
             with open(args.jsonl, "a") as f:
-                f.write(json.dumps({**row, "dense_ppl": dense_ppl, "device": env["device"]}) + "\n")
+                f.write(json.dumps({**row, "dense_ppl": dense_ppl, "device": env["machine"],
+                                    "precision": env["precision"]}) + "\n")
 
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
-    print(f"\n{env['device']}, torch {env['torch']}; dense ppl {dense_ppl:.3f}")
+    print(f"\n{env['machine']}, torch {env['torch']}, {env['precision']['label']}; dense ppl {dense_ppl:.3f}")
     print("| base pruner | pattern | base ppl | RotPruner ppl | margin | steps × tokens | s/step | peak memory GiB"
           " | RotPruner total s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit.eval.speed import random_llama  # noqa: E402
 from prunekit.methods.slicegpt.layers import parameter_count, restructure  # noqa: E402
 from prunekit.methods.slicegpt.pca import sliced_width  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
         del model
         torch.cuda.empty_cache()
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
-              "dtype": "float16", "rows": rows}
+              "dtype": "float16", "environment": environment("cuda", "float16"), "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from environment import environment, precision  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
 from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
 from slicegpt_speed import fuse_norms, measure  # noqa: E402
@@ -69,9 +69,10 @@ def main() -> None:
         model.to("cpu")
         return result | {"dtype": args.speed_dtype}
 
-    env = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-           "torch": torch.__version__, "model": args.model, "dense_ppl": wiki_ppl(dense, sets, args.device),
-           "dense_parameters": sum(p.numel() for p in dense.parameters())}
+    # precision: pruning and perplexity in fp32 ("precision"), the speed test in --speed-dtype ("speed_precision")
+    env = environment(args.device, "float32", speed_precision=precision(args.speed_dtype, args.device),
+                      model=args.model, dense_ppl=wiki_ppl(dense, sets, args.device),
+                      dense_parameters=sum(p.numel() for p in dense.parameters()))
     env["dense_speed"] = env["dense_fused_norm_speed"] = None
     if batches:
         env["dense_speed"] = speed_of(copy.deepcopy(dense))
@@ -103,7 +104,7 @@ def main() -> None:
 
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
-    print(f"\n{env['device']}, torch {env['torch']}; dense ppl {env['dense_ppl']:.3f}, "
+    print(f"\n{env['machine']}, torch {env['torch']}; dense ppl {env['dense_ppl']:.3f}, "
           f"{env['dense_parameters'] / 1e6:.2f} M parameters")
     print("| method | slicing | ppl | parameters (M) | prune s | " +
           " | ".join(f"prefill/decode tok/s b{b}" for b in batches) + " |")

@@ -25,6 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
+from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit import load_model  # noqa: E402
 from prunekit.eval.speed import measure_model  # noqa: E402
 from prunekit.methods.slicegpt import fused_norm  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
     fused = fuse_norms(model) if args.fused_norms else 0
     result = {"model": args.model, "dtype": args.dtype, "fused_norms": fused,
               **measure(model, args.device, [int(b) for b in args.batches.split(",")], args.prompt_len, args.gen_len,
-                        args.repeats)}
+                        args.repeats), "environment": environment(args.device, args.dtype)}
     text = json.dumps(result, indent=2)
     if args.json:
         with open(args.json, "w") as f:
