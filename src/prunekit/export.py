@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .sparse.linear import SparseLinear24
+from .sparse.linear import SparseLinear24, kernel_paths
 from .sparse.packing import is_24, nonzero_bits, pack_24, pack_bitmask, unpack_24, unpack_bitmask
-from .sparse.paths import kernel_paths
 
 COMPACT_FILE = "model.prunekit.safetensors"
 FORMAT, VERSION = "prunekit-compact", "1"

@@ -135,8 +135,8 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
     "kernel_paths" lists, per SparseLinear24 of the measured model, each row count's path and why
     ({name: {label: [path, reason]}}, see prunekit.sparse.paths) and "kernel_path_counts" how many chose
     each path; a model without SparseLinear24 layers (CPU, dense) reports both empty."""
-    from ..sparse.linear import convertible_shapes, sparsify
-    from ..sparse.paths import kernel_paths, path_counts
+    from ..sparse.linear import convertible_shapes, kernel_paths, sparsify
+    from ..sparse.paths import path_counts
 
     device = next(model.parameters()).device
     shapes = linear_shapes(model)

@@ -287,6 +287,11 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
+def kernel_paths(model: nn.Module) -> dict[str, dict[str, tuple[str, str]]]:
+    """{module name: {label: (path, reason)}} for every SparseLinear24 in `model` ({} for one not yet run)."""
+    return {name: dict(m.paths) for name, m in model.named_modules() if isinstance(m, SparseLinear24)}
+
+
 def convertible_shapes(timings: list[dict], tolerance: float = 0.03) -> set[tuple[int, int]]:
     """Weight shapes (out, in) to run sparse: those whose sparse time is never above dense × (1 + tolerance)
     at any measured token count. `timings`: rows with keys out, in, tokens, dense_ms, sparse_ms.

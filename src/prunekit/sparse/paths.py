@@ -2,7 +2,7 @@
 
 Every choice a layer makes — a timed winner, the dense product on CPU, a fallback — is kept in the layer's
 `paths` dict, {label: (path, reason)}, with labels such as "rows=1, float16" or "cpu"; a later decision for
-the same label replaces the earlier one. `kernel_paths(model)` gathers them per module name. With the
+the same label replaces the earlier one. `linear.kernel_paths(model)` gathers them per module name. With the
 environment variable PRUNEKIT_LOG=1 (or a comma list containing "kernels") each new decision is also printed
 once to stderr as `prunekit: kernel <layer> <label>: <path> — <reason>`.
 """
@@ -13,7 +13,6 @@ import os
 import sys
 from collections import Counter
 
-import torch.nn as nn
 
 
 def logging_enabled() -> bool:
@@ -39,13 +38,6 @@ def log(message: str) -> None:
     if logging_enabled() and message not in _LOGGED:
         _LOGGED.add(message)
         print(f"prunekit: kernel {message}", file=sys.stderr, flush=True)
-
-
-def kernel_paths(model: nn.Module) -> dict[str, dict[str, tuple[str, str]]]:
-    """{module name: {label: (path, reason)}} for every SparseLinear24 in `model` ({} for one not yet run)."""
-    from .linear import SparseLinear24
-
-    return {name: dict(m.paths) for name, m in model.named_modules() if isinstance(m, SparseLinear24)}
 
 
 def path_counts(paths: dict[str, dict[str, tuple[str, str]]]) -> dict[str, int]:

@@ -16,6 +16,8 @@ import contextlib
 
 import torch
 
+from .paths import log
+
 try:
     import triton
     import triton.language as tl
@@ -265,8 +267,6 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
             last = f"{cfg}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
     REJECTED[key] = {"count": rejected, "last": last}
     if rejected:
-        from .paths import log
-
         log(f"tune {kernel} {key[:2]}: {rejected} of {rejected + len(timings)} launch configurations rejected "
             f"(last: {last})")
     if not timings:
