@@ -119,12 +119,19 @@ def test_bad_models_and_outputs(tiny_model_dir, not_a_model, gpt2_dir, text_file
 
 
 def test_missing_parent_folders_of_the_output_are_created(tiny_model_dir, text_file, tmp_path, capsys):
-    """A fresh clone has no runs/ folder: `--output runs/x` creates it."""
+    """A fresh clone has no runs/ folder: `--output runs/x` creates it, with the user's usual permissions."""
+    import os
+
     out = tmp_path / "runs" / "nested" / "out"
-    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
+    finally:
+        os.umask(old)
     assert code == 0, err
     assert (out / "report.json").is_file()
     assert [p.name for p in out.parent.iterdir()] == ["out"]  # no temporary folder left beside it
+    assert out.stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700
 
 
 def test_existing_output_needs_overwrite(tiny_model_dir, text_file, tmp_path, capsys):
@@ -209,6 +216,17 @@ def test_bench_on_cpu_is_dense_only(tiny_model_dir, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["dense"]["prefill_tokens_per_s"] > 0 and "sparse" not in report
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_non_utf8_calibration_text_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import prunekit.cli
+
+    monkeypatch.setattr(prunekit.cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9".encode("latin-1") * 100)
+    code, _, err = run(["prune", "--calib-data", bad, "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_nm_pattern_implies_its_sparsity_and_refuses_another():

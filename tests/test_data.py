@@ -58,6 +58,17 @@ def test_missing_file_is_a_usage_error():
 def test_too_short_calibration_text():
     with pytest.raises(UsageError, match="fewer than --seqlen"):
         data.calibration_windows(torch.arange(10), 4, 16, 0)
+    for nsamples, seqlen in ((4, -5), (0, 16)):
+        with pytest.raises(UsageError, match="positive nsamples and seqlen"):
+            data.calibration_windows(torch.arange(100), nsamples, seqlen, 0)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_non_utf8_text_is_one_usage_error(tmp_path, suffix):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"is not UTF-8 text \(byte 3: b'\\xe9'\)"):
+        data.load_text(str(path), "calibration")
 
 
 class CharTokenizer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, api, parallel
-from .data import NAMES
+from .data import NAMES, read_text_file
 from .errors import UsageError
 from .export import save_compact, save_sliced
 from .eval import zeroshot
@@ -251,10 +251,13 @@ def _check_positive(**values) -> None:
 
 
 def _check_data_paths(specs: list[str]) -> None:
-    """Fail on a missing local data file before the model is loaded."""
+    """Fail on a missing or unreadable local data file (not UTF-8, bad JSON) before the model is loaded."""
     for spec in specs:
-        if spec not in NAMES and not Path(spec).expanduser().is_file():
+        if spec in NAMES:
+            continue
+        if not Path(spec).expanduser().is_file():
             raise UsageError(f"data {spec!r} not found: pass an existing text/JSONL file or one of {', '.join(NAMES)}")
+        read_text_file(Path(spec).expanduser())
 
 
 def _log(message: str) -> None:

@@ -52,10 +52,15 @@ def load_text(spec: str, role: str) -> Text:
 
 
 def read_text_file(path: Path) -> str:
-    """A plain text file as is; JSON/JSONL records' `text` fields joined by a space (as SparseGPT joins C4)."""
+    """A plain text file as is; JSON/JSONL records' `text` fields joined by a space (as SparseGPT joins C4).
+    Text must be UTF-8: anything else is a UsageError naming the file and the first bad byte."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}): "
+                         "convert it, e.g. iconv -f latin1 -t utf-8") from err
     if path.suffix not in (".json", ".jsonl"):
-        return path.read_text(encoding="utf-8")
-    raw = path.read_text(encoding="utf-8")
+        return raw
     try:
         if path.suffix == ".jsonl":
             records = [json.loads(line) for line in raw.splitlines() if line.strip()]
@@ -105,6 +110,8 @@ def calibration_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int
 
     With a BOS id, each window is BOS followed by the first seqlen-1 tokens at the same start.
     """
+    if nsamples <= 0 or seqlen <= 0:
+        raise UsageError(f"calibration needs positive nsamples and seqlen, got {nsamples} and {seqlen}")
     if ids.numel() < seqlen + 2:
         raise UsageError(f"calibration text has {ids.numel()} tokens, fewer than --seqlen {seqlen} + 2: "
                          "use more text or a shorter --seqlen")

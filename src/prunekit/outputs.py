@@ -51,6 +51,12 @@ def _make_parents(path: Path) -> list[Path]:
     return created
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _remove_if_empty(folders: list[Path]) -> None:
     for folder in reversed(folders):
         try:
@@ -69,6 +75,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
     except OSError as err:
         _remove_if_empty(created)
         raise UsageError(f"cannot write output {path}: {err.strerror}") from err
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700): the output gets the user's usual mode
     succeeded = False
     try:
         yield tmp
@@ -96,6 +103,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to a temporary sibling, then rename it over `path`: readers never see half a file."""
     path = check_output_file(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: the file gets the user's usual mode
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
