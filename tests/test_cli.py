@@ -140,8 +140,46 @@ def test_existing_output_needs_overwrite(tiny_model_dir, text_file, tmp_path, ca
     (out / "keep.txt").write_text("mine")
     code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
     assert code == 2 and "already exists" in err and (out / "keep.txt").exists()
-    code, _, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--overwrite"), capsys)
-    assert code == 0 and (out / "report.json").exists() and not (out / "keep.txt").exists()
+    # --overwrite replaces only what prunekit wrote: a folder of the user's is refused, untouched
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out, "--overwrite"), capsys)
+    assert code == 2 and "replaces only a prunekit output" in err and (out / "keep.txt").read_text() == "mine"
+    done = tmp_path / "done"
+    assert run(small_prune_args(tiny_model_dir, text_file, done), capsys)[0] == 0
+    first = (done / "report.json").read_text()
+    code, _, _ = run(small_prune_args(tiny_model_dir, text_file, done, "--overwrite", "--seed", "1"), capsys)
+    assert code == 0 and (done / "report.json").read_text() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "out"]  # no lock or temporary folder left
+
+
+def test_an_output_is_claimed_for_the_whole_run(tiny_model_dir, text_file, tmp_path, capsys, monkeypatch):
+    """A live run's lock refuses a second run; a dead run's lock and temporary folder are cleaned up; a folder
+    that appears at the output during the run is left alone and the result is kept beside it."""
+    import os
+
+    import prunekit.api
+
+    out = tmp_path / "out"
+    (tmp_path / ".out.lock").write_text(str(os.getpid()))  # a live process holds it
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, out), capsys)
+    assert code == 2 and f"another prunekit run (process {os.getpid()})" in err and not out.exists()
+    (tmp_path / ".out.lock").write_text("999999999")  # its process is gone
+    (tmp_path / ".out.tmp-killed").mkdir()
+    assert run(small_prune_args(tiny_model_dir, text_file, out), capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    real_prune = prunekit.api.prune
+
+    def prune_while_the_user_writes(model, *args, **kwargs):
+        late.mkdir()
+        (late / "notes.txt").write_text("mine")
+        return real_prune(model, *args, **kwargs)
+
+    late = tmp_path / "late"
+    monkeypatch.setattr(prunekit.api, "prune", prune_while_the_user_writes)
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, late), capsys)
+    kept = tmp_path / f"late.prunekit-{os.getpid()}"
+    assert code == 2 and "appeared during the run and was left alone" in err and str(kept) in err
+    assert (late / "notes.txt").read_text() == "mine" and (kept / "report.json").is_file()
 
 
 def test_failure_mid_run_leaves_no_output(tiny_model_dir, text_file, tmp_path, capsys, monkeypatch):
@@ -252,3 +290,27 @@ def test_a_result_with_nan_weights_is_never_saved(tiny_model_dir, text_file, tmp
     last = err.strip().splitlines()[-1]  # after the run's progress log, one error line
     assert code == 2 and last.startswith("prunekit: error:") and "NaN/Inf" in last and "nothing saved" in last
     assert err.count("error") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_mid_run_removes_the_temporary_output_and_says_how_to_resume(tiny_model_dir, text_file, tmp_path):
+    """A real process, terminated while pruning: exit 130, one line with the resume hint, nothing left behind
+    but the checkpoints."""
+    import os
+    import signal
+    import time
+
+    out, ckpt, started = tmp_path / "out", tmp_path / "ckpt", tmp_path / "started"
+    script = (f"import pathlib, time, prunekit.api, prunekit.cli\n"
+              f"def slow(*a, **k):\n    pathlib.Path({str(started)!r}).touch()\n    time.sleep(60)\n"
+              f"prunekit.api.prune = slow\n"
+              f"raise SystemExit(prunekit.cli.main({[str(a) for a in small_prune_args(tiny_model_dir, text_file, out)] + ['--checkpoint-dir', str(ckpt)]!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started.exists(), proc.stderr.read() if proc.poll() is not None else "the run did not reach pruning"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == f"prunekit: interrupted, nothing saved; rerun the same command to resume from {ckpt}"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ckpt") == ["started"]

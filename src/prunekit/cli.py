@@ -6,11 +6,14 @@ Every user error ends as one line on stderr and exit status 2, with no output di
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -545,13 +548,37 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    args = None
     try:
-        args = build_parser().parse_args(argv)
-        return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench,
-                "task-configs": cmd_task_configs, "finetune": cmd_finetune}[args.command](args)
+        with _sigterm_as_interrupt():
+            args = build_parser().parse_args(argv)
+            return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench,
+                    "task-configs": cmd_task_configs, "finetune": cmd_finetune}[args.command](args)
     except UsageError as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: temporary outputs and the output's lock are already removed
+        checkpoints = getattr(args, "checkpoint_dir", None)
+        hint = f"; rerun the same command to resume from {checkpoints}" if checkpoints else ""
+        print(f"prunekit: interrupted, nothing saved{hint}", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so that every `finally` (temporary folders, locks) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""Outputs appear whole or not at all: everything is written into a temporary sibling directory,
-which is renamed to the requested name only when the run has succeeded. Missing parent folders are
-created (and removed again if the run fails and they are still empty)."""
+"""Outputs appear whole or not at all, and nothing of the user's is lost.
+
+Everything is written into a temporary sibling directory, renamed to the requested name only when the run
+has succeeded. The output is claimed at the start by a lock file beside it (`.NAME.lock`, holding the run's
+process id): a second run into the same output refuses, and temporary folders left by a killed run are
+removed by the next one. Without --overwrite an output is never deleted; with it, only a prunekit output
+(a folder with report.json) or an empty folder is replaced. Missing parent folders are created (and removed
+again if the run fails and they are still empty)."""
 
 from __future__ import annotations
 
@@ -23,11 +28,24 @@ def _existing_ancestor(path: Path) -> Path:
     return ancestor
 
 
+def _replaceable(path: Path, overwrite: bool) -> bool:
+    """Whether the run may put its result at `path`: nothing there, an empty folder, or (with --overwrite) a
+    folder that prunekit wrote (it holds report.json)."""
+    if not path.exists():
+        return True
+    if not path.is_dir():
+        return False
+    return not any(path.iterdir()) or (overwrite and (path / "report.json").is_file())
+
+
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """The output path, or a UsageError if it cannot be created (checked before any long work).
     Missing parent folders are fine: they are created when the output is written."""
     path = Path(path).expanduser().absolute()
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+    if not _replaceable(path, overwrite):
+        if overwrite:
+            raise UsageError(f"--overwrite replaces only a prunekit output (a folder with report.json), and {path} "
+                             "holds other files: choose a new path or remove it yourself")
         raise UsageError(f"output {path} already exists: choose a new path or pass --overwrite")
     ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
@@ -65,26 +83,78 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _claim(path: Path) -> Path:
+    """Create the lock file of `path` (O_EXCL), taking over a stale one whose process is gone, and remove the
+    temporary folders such a killed run left; a UsageError if a live run holds it."""
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise UsageError(f"another prunekit run (process {pid}) is writing {path}: wait for it or choose "
+                                 "another --output") from None
+            lock.unlink(missing_ok=True)  # stale: its run was killed
+            continue
+        except OSError as err:
+            raise UsageError(f"cannot write output {path}: {err.strerror}") from err
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run into this output
+            shutil.rmtree(stale, ignore_errors=True)
+        return lock
+    raise UsageError(f"cannot claim output {path}: its lock file {lock} keeps reappearing")
+
+
 @contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary directory beside `path`; on success it replaces `path`, on failure it is removed.
+
+    If something that may not be replaced appeared at `path` during the run, it is left alone and the result
+    is kept beside it (`NAME.prunekit-PID`), named in the error."""
     path = check_output_dir(path, overwrite)
     created = _make_parents(path)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    except OSError as err:
+        lock = _claim(path)
+    except BaseException:
         _remove_if_empty(created)
-        raise UsageError(f"cannot write output {path}: {err.strerror}") from err
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700): the output gets the user's usual mode
+        raise
+    tmp = None
     succeeded = False
     try:
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        except OSError as err:
+            raise UsageError(f"cannot write output {path}: {err.strerror}") from err
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700): the output gets the user's usual mode
         yield tmp
+        if not _replaceable(path, overwrite):
+            kept = path.with_name(f"{path.name}.prunekit-{os.getpid()}")
+            os.replace(tmp, kept)
+            succeeded = True
+            raise UsageError(f"{path} appeared during the run and was left alone: the result is in {kept}")
         if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.rmtree(path)  # an empty folder, or (--overwrite) a prunekit output
         os.replace(tmp, path)
         succeeded = True
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
         if not succeeded:
             _remove_if_empty(created)
 
