@@ -267,6 +267,16 @@ def test_non_utf8_calibration_text_fails_before_the_model_loads(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkpoint_dir_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import prunekit.cli
+
+    monkeypatch.setattr(prunekit.cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run(["prune", "--checkpoint-dir", tmp_path / "notes.txt", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()
+
+
 def test_nm_pattern_implies_its_sparsity_and_refuses_another():
     assert WandaConfig(pattern="1:4").sparsity == 0.75 and WandaConfig(sparsity=0.5, pattern="2:4").sparsity == 0.5
     assert WandaConfig().sparsity == 0.5

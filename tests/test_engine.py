@@ -4,6 +4,7 @@ import torch
 from conftest import random_windows, tiny_gemma, tiny_llama, tiny_opt
 from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
 from prunekit.engine import capture_inputs, prune_layerwise
+from prunekit.errors import UsageError
 from prunekit.patterns import max_nonzeros_per_group
 
 
@@ -82,12 +83,34 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
         assert torch.equal(pa.weight, pb.weight)
 
 
-def test_checkpoint_of_another_config_is_not_reused(tmp_path):
+@pytest.mark.parametrize("other,part", [
+    (lambda: (tiny_llama(), WandaConfig(0.3), random_windows()), "method config"),
+    (lambda: (tiny_llama(seed=1), WandaConfig(0.5), random_windows()), "model"),  # same shapes, other weights
+    (lambda: (tiny_llama().to(torch.bfloat16), WandaConfig(0.5), random_windows()), "dtype"),
+    (lambda: (tiny_llama(), WandaConfig(0.5), random_windows(seed=1)), "calibration data"),
+])
+def test_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path, other, part):
+    prune_layerwise(tiny_llama(), WandaConfig(0.5), random_windows(), progress=False, checkpoint_dir=tmp_path)
+    model, config, calib = other()
+    with pytest.raises(UsageError, match=f"holds the progress of another run \\(its [^)]*{part}") as err:
+        prune_layerwise(model, config, calib, progress=False, checkpoint_dir=tmp_path)
+    assert "delete" in str(err.value)
+    assert not any(int((op.weight == 0).sum()) for op in pruned_ops(model))  # nothing of the old run loaded
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing layer"])
+def test_a_damaged_checkpoint_is_refused_with_the_hint_to_delete_it(tmp_path, damage):
     calib = random_windows()
     prune_layerwise(tiny_llama(), WandaConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
-    model = tiny_llama()
-    result = prune_layerwise(model, WandaConfig(0.3), calib, progress=False, checkpoint_dir=tmp_path)
-    assert abs(result.achieved_sparsity - 0.3) < 0.01
+    progress, layer = tmp_path / "progress.pt", tmp_path / "layer_1.pt"
+    if damage == "truncate":
+        progress.write_bytes(progress.read_bytes()[:100])
+    elif damage == "garbage":
+        progress.write_bytes(b"not a checkpoint" * 10)
+    else:
+        layer.unlink()
+    with pytest.raises(UsageError, match=f"unreadable .*delete {tmp_path} to start fresh"):
+        prune_layerwise(tiny_llama(), WandaConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
 
 
 def test_bfloat16_model_prunes_with_fp32_statistics():

@@ -28,8 +28,8 @@ from .eval.table import results_table
 from .methods.slicegpt.layers import is_sliced, parameter_count
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
-from .outputs import (atomic_output_dir, check_finite_weights, check_output_dir, check_output_file,
-                      write_text_atomic)
+from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
+                      check_output_file, write_text_atomic)
 from .pruners import CONFIGS, PruneConfig, config_class
 from .pruners.base import flag_name
 
@@ -281,6 +281,8 @@ def cmd_prune(args) -> int:
     if args.save_format == "compact" and getattr(config, "slicing", None) is not None:
         raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
     check_output_dir(args.output, args.overwrite)
+    if args.checkpoint_dir:
+        check_checkpoint_dir(args.checkpoint_dir)
     if getattr(config, "parallel_layers", False):
         device = parallel.init(device)  # under torchrun: join the process group, take this rank's GPU
         if parallel.rank() > 0:

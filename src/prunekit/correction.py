@@ -146,7 +146,7 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
         raise UsageError("--checkpoint-dir cannot be combined with --parallel-layers under torchrun")
 
     t0 = time.perf_counter()
-    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids) if checkpoint_dir else None
+    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids, model) if checkpoint_dir else None
     start_layer, saved = (ckpt.load(layers, result) if ckpt else (0, None))
     if saved is None:
         inputs = capture_inputs(adapter, calib_ids, device, offload, batch_size, progress)

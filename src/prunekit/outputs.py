@@ -55,6 +55,19 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def check_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A usable --checkpoint-dir (a folder, or a path one can be created at), or a UsageError before any work."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--checkpoint-dir {path} is a file, not a folder: name a folder")
+    ancestor = path if path.exists() else _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot use --checkpoint-dir {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use --checkpoint-dir {path}: folder {ancestor} is not writable")
+    return path
+
+
 def _make_parents(path: Path) -> list[Path]:
     """Create the missing parents of `path`; return the ones created, outermost first."""
     created = []
