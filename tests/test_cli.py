@@ -132,6 +132,7 @@ def test_missing_parent_folders_of_the_output_are_created(tiny_model_dir, text_f
     assert (out / "report.json").is_file()
     assert [p.name for p in out.parent.iterdir()] == ["out"]  # no temporary folder left beside it
     assert out.stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700
+    assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}["model.safetensors"] == 0o644  # not 0600
 
 
 def test_existing_output_needs_overwrite(tiny_model_dir, text_file, tmp_path, capsys):

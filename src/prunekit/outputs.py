@@ -88,6 +88,14 @@ def _umask() -> int:
     return mask
 
 
+def _apply_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the user's usual modes: mkdtemp makes the folder 0700, and some writers
+    (safetensors) create their files 0600."""
+    mask = _umask()
+    for item in [folder, *folder.rglob("*")]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def _remove_if_empty(folders: list[Path]) -> None:
     for folder in reversed(folders):
         try:
@@ -153,13 +161,13 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         except OSError as err:
             raise UsageError(f"cannot write output {path}: {err.strerror}") from err
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700): the output gets the user's usual mode
         yield tmp
         if not _replaceable(path, overwrite):
             kept = path.with_name(f"{path.name}.prunekit-{os.getpid()}")
             os.replace(tmp, kept)
             succeeded = True
             raise UsageError(f"{path} appeared during the run and was left alone: the result is in {kept}")
+        _apply_umask(tmp)
         if path.exists():
             shutil.rmtree(path)  # an empty folder, or (--overwrite) a prunekit output
         os.replace(tmp, path)
