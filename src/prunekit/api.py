@@ -14,6 +14,7 @@ from .errors import UsageError
 from .eval import zeroshot
 from .eval.perplexity import perplexity
 from .models.adapters import get_adapter
+from .patterns import Pattern, check_widths
 from .pruners.base import PruneConfig
 
 BOS_MODES = ("auto", "always", "never")
@@ -24,8 +25,21 @@ def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batc
     """Prune `model` in place: `config` says how (e.g. WandaConfig(sparsity=0.5, pattern="2:4")),
     `calib` holds the calibration windows as token ids [nsamples, seqlen]. Methods that fine-tune
     (LosaConfig) also need the `tokenizer` for their training text."""
+    check_compatible(model, config)
     return config.apply(model, calib, device=device, batch_size=batch_size, progress=progress,
                         checkpoint_dir=checkpoint_dir, tokenizer=tokenizer)
+
+
+def check_compatible(model, config: PruneConfig) -> None:
+    """Refuse at once what cannot work: an unsupported architecture, an N:M pattern whose M does not divide
+    an operator's width, a method that serves fewer architectures."""
+    adapter = get_adapter(model)
+    pattern = getattr(config, "pattern", None)
+    if isinstance(pattern, Pattern):
+        check_widths(pattern, {f"{adapter.layer_prefix(i)}.{name}": op.in_features
+                               for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)})
+    if hasattr(config, "check_model"):  # a method that serves fewer architectures says so
+        config.check_model(model)
 
 
 def finetune(model, config, tokenizer, *, device="cpu", progress: bool = True):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, api, parallel
+from .checkpoints import check_resumable
 from .data import NAMES, read_text_file
 from .errors import UsageError
 from .export import save_compact, save_sliced
@@ -29,11 +30,12 @@ from .methods.slicegpt.layers import is_sliced, parameter_count
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
-                      check_output_file, write_text_atomic)
+                      check_output_file, write_text_atomic, writing)
 from .pruners import CONFIGS, PruneConfig, config_class
 from .pruners.base import flag_name
 
 DEFAULT_MODEL = "smollm2-135m"
+WINDOW_DEFAULTS = {"seqlen": 512, "eval_seqlen": 1024}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -70,7 +72,9 @@ def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None) -> None
     p.add_argument("--eval-data", default=default_data,
                    help="perplexity sets: comma-separated names (pydoc, wikitext2, c4, ptb) or text/JSONL paths; "
                         "'none' skips")
-    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
+    p.add_argument("--eval-seqlen", type=int,
+                   help=f"tokens per evaluation window (default: {WINDOW_DEFAULTS['eval_seqlen']}, or the model's "
+                        "context if shorter)")
     p.add_argument("--max-eval-segments", type=int, default=40, help="evaluate at most this many windows")
     p.add_argument("--eval-bos", default="auto",
                    help="BOS at the start of every window and zero-shot prompt: auto (per model family), always "
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured, N:M (2:4, 4:8, ...) or structured (with --method rotpruner or slicegpt)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--seqlen", type=int,
+                   help=f"tokens per calibration window (default: {WINDOW_DEFAULTS['seqlen']}, or the model's "
+                        "context if shorter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows' random starts")
     _add_eval_args(p, "pydoc")
     p.add_argument("--eval-tasks", default="",
@@ -253,12 +259,35 @@ def _check_positive(**values) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
+def _fit_windows(args, model) -> None:
+    """Resolve --seqlen/--eval-seqlen against the model's context (max_position_embeddings): a length the
+    user gave that exceeds it is refused (some families index past their position table, others silently
+    extrapolate); a default is shortened to it."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for name, default in WINDOW_DEFAULTS.items():
+        if not hasattr(args, name):
+            continue
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if value is None:
+            value = min(default, context) if context else default
+            if value < default:
+                _log(f"{flag} {value}: the model's context is {context} tokens")
+        elif context and value > context:
+            raise UsageError(f"{flag} {value} is longer than the model's context ({context} positions): "
+                             f"use {flag} {context} or less")
+        setattr(args, name, value)
+
+
 def _check_data_paths(specs: list[str]) -> None:
     """Fail on a missing or unreadable local data file (not UTF-8, bad JSON) before the model is loaded."""
     for spec in specs:
         if spec in NAMES:
             continue
-        if not Path(spec).expanduser().is_file():
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            raise UsageError(f"data {spec!r} is a folder, not a file: pass a text/JSONL file in it, or one of "
+                             f"{', '.join(NAMES)}")
+        if not path.is_file():
             raise UsageError(f"data {spec!r} not found: pass an existing text/JSONL file or one of {', '.join(NAMES)}")
         read_text_file(Path(spec).expanduser())
 
@@ -293,12 +322,13 @@ def cmd_prune(args) -> int:
 
     with atomic_output_dir(args.output, args.overwrite) as tmp:
         model, tokenizer = load_model(args.model, dtype, device)
-        get_adapter(model)  # unsupported architecture → error before any long work
-        if hasattr(config, "check_model"):  # a method that serves fewer architectures says so now
-            config.check_model(model)
+        _fit_windows(args, model)
+        api.check_compatible(model, config)  # architecture, N:M widths: refused before any long work
         bos = api.bos_id(model, tokenizer, args.eval_bos)
         calib, calib_text = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
         _log(f"calibration data: {calib_text.source} ({args.nsamples} windows of {args.seqlen} tokens, seed {args.seed})")
+        if args.checkpoint_dir:  # another run's progress or a damaged file: refused before the evaluation
+            check_resumable(args.checkpoint_dir, config, calib, model)
         sets = api.evaluation_sets(tokenizer, eval_specs, args.eval_seqlen, args.max_eval_segments, bos)
         for name, (windows, text) in sets.items():
             _log(f"evaluation data {name}: {text.source} ({windows.shape[0]} windows of {args.eval_seqlen} tokens)")
@@ -345,17 +375,18 @@ def cmd_prune(args) -> int:
         if getattr(result, "details", None):
             report["details"] = result.details
         check_finite_weights(model)
-        if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
-            report["saved_extra"] = extra
-        if is_sliced(model):
-            report["saved"] = save_sliced(model, tmp, tokenizer)
-        elif args.save_format == "compact":
-            report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
-        else:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            report["saved"] = {"format": "hf"}
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        with writing(args.output, _resume_hint(args)):
+            if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
+                report["saved_extra"] = extra
+            if is_sliced(model):
+                report["saved"] = save_sliced(model, tmp, tokenizer)
+            elif args.save_format == "compact":
+                report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
+            else:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                report["saved"] = {"format": "hf"}
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
 
     if structure:
         print(f"{config.method} structured ({structure['removes']} {structure['target']:.4f}) on {args.model}: "
@@ -388,6 +419,7 @@ def _prune_share(args, config, device, dtype) -> int:
     them over (prunekit.parallel); rank 0 evaluates and saves."""
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, dtype, device)
+    _fit_windows(args, model)
     bos = api.bos_id(model, tokenizer, args.eval_bos)
     calib, _ = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
     api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=False)
@@ -417,6 +449,7 @@ def cmd_finetune(args) -> int:
 
     with atomic_output_dir(args.output, args.overwrite) as tmp:
         model, tokenizer = load_model(args.model, dtype, device)
+        _fit_windows(args, model)
         get_adapter(model)
         bos = api.bos_id(model, tokenizer, args.eval_bos)
         sets = api.evaluation_sets(tokenizer, eval_specs, args.eval_seqlen, args.max_eval_segments, bos)
@@ -439,11 +472,12 @@ def cmd_finetune(args) -> int:
             "environment": _environment(device, dtype),
         }
         check_finite_weights(model)
-        if extra := result.before_save(model, tmp):
-            report["saved_extra"] = extra
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        with writing(args.output):
+            if extra := result.before_save(model, tmp):
+                report["saved_extra"] = extra
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
 
     print(f"fine-tuned {args.model} ({config.adapter} LoRA, rank {config.rank}, {result.details['train']['tokens']} "
           f"tokens in {seconds:.1f} s): decoder sparsity {sparsity_before:.4f} -> {sparsity_after:.4f}")
@@ -467,6 +501,7 @@ def cmd_eval(args) -> int:
         check_output_file(args.output)
     tasks = _load_tasks(task_names, args)
     model, tokenizer = load_model(args.model, dtype, device)
+    _fit_windows(args, model)
     bos = api.bos_id(model, tokenizer, args.eval_bos)
     sets = api.evaluation_sets(tokenizer, eval_specs, args.eval_seqlen, args.max_eval_segments, bos)
     batch_size = args.batch_size or args.eval_batch_size
@@ -560,10 +595,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: temporary outputs and the output's lock are already removed
-        checkpoints = getattr(args, "checkpoint_dir", None)
-        hint = f"; rerun the same command to resume from {checkpoints}" if checkpoints else ""
-        print(f"prunekit: interrupted, nothing saved{hint}", file=sys.stderr)
+        print(f"prunekit: interrupted, nothing saved{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args) -> str:
+    checkpoints = getattr(args, "checkpoint_dir", None)
+    return f"; rerun the same command to resume from {checkpoints}" if checkpoints else ""
 
 
 @contextlib.contextmanager

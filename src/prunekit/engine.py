@@ -13,8 +13,6 @@ accelerator's memory is pruned one layer at a time with the rest offloaded to CP
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .checkpoints import RunCheckpoint
 from .errors import UsageError
 from .models.adapters import Adapter, get_adapter
 from .pruners.base import PruneConfig
@@ -173,7 +172,7 @@ def reconstruction_error(W: torch.Tensor, W_pruned: torch.Tensor, X: torch.Tenso
 @torch.no_grad()
 def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tensor, *, device="cpu",
                     offload="cpu", batch_size: int = 8, recon_windows: int = 8, progress: bool = True,
-                    checkpoint_dir: str | os.PathLike | None = None,
+                    checkpoint_dir: str | Path | None = None,
                     layer_sparsity: Sequence[float] | None = None,
                     on_layer_done: Callable[[int, torch.Tensor], None] | None = None) -> PruneResult:
     """Prune every linear operator of every decoder layer of `model` with `config`'s pruner, layer by layer.
@@ -259,45 +258,22 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
 
 
 class _Checkpoint:
-    """Resumable runs: after layer i, `layer_i.pt` holds its pruned state and `progress.pt` the next
-    layer's inputs and the results so far. A fingerprint in four parts — the model (dtype, shapes and a
-    sample of every tensor), its dtype, the method config and the calibration windows — guards reuse: a
-    checkpoint of another run is refused naming the parts that differ, and an unreadable file is refused with
-    the hint to delete it; neither is silently ignored."""
+    """Layer-wise resume: after layer i, `layer_i.pt` holds its pruned state and `progress.pt` the next layer's
+    inputs and the results so far (files of a prunekit.checkpoints.RunCheckpoint)."""
 
     def __init__(self, directory, config: PruneConfig, calib_ids: torch.Tensor, model: nn.Module,
                  layer_sparsity=None):
-        self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UsageError(f"cannot use --checkpoint-dir {self.dir}: {err.strerror}") from err
-        key = repr(config) + ("" if layer_sparsity is None else repr(list(layer_sparsity)))
-        self.parts = {"model": model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
-                      "method config": _digest(key.encode()), "calibration data": _digest(calib_ids.numpy().tobytes())}
-
-    def _read(self, path: Path):
-        try:
-            return torch.load(path, weights_only=False)
-        except Exception as err:  # truncated, garbage, or missing: whatever torch.load raises
-            raise UsageError(f"checkpoint file {path} is unreadable ({type(err).__name__}): delete {self.dir} "
-                             "to start fresh") from err
+        extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
+        self.files = RunCheckpoint(directory, config, calib_ids, model, extra)
+        self.dir = self.files.dir
 
     def load(self, layers: nn.ModuleList, result: PruneResult):
-        path = self.dir / "progress.pt"
-        if not path.is_file():
+        state = self.files.read("progress.pt")
+        if state is None:
             return 0, None
-        state = self._read(path)
-        if not isinstance(state, dict) or not isinstance(state.get("parts"), dict):
-            raise UsageError(f"checkpoint {path} was not written by this version of prunekit: delete {self.dir} to "
-                             "start fresh")
-        differ = [name for name, value in self.parts.items() if state["parts"].get(name) != value]
-        if differ:
-            raise UsageError(f"--checkpoint-dir {self.dir} holds the progress of another run (its {', '.join(differ)} "
-                             f"differ from this run's): use another --checkpoint-dir, or delete {self.dir} to start fresh")
         for i in range(state["next_layer"]):
             try:
-                layers[i].load_state_dict(self._read(self.dir / f"layer_{i}.pt"))
+                layers[i].load_state_dict(self.files.read(f"layer_{i}.pt"))
             except (RuntimeError, KeyError, TypeError, AttributeError) as err:
                 raise UsageError(f"checkpoint file {self.dir / f'layer_{i}.pt'} does not fit layer {i} "
                                  f"({type(err).__name__}): delete {self.dir} to start fresh") from err
@@ -306,30 +282,7 @@ class _Checkpoint:
         return state["next_layer"], state["hidden"]
 
     def save(self, index: int, layer: nn.Module, hidden: torch.Tensor, result: PruneResult) -> None:
-        _atomic_save(layer.state_dict(), self.dir / f"layer_{index}.pt")
-        _atomic_save({"parts": self.parts, "next_layer": index + 1, "hidden": hidden,
-                      "operators": [asdict(op) for op in result.operators], "timings": dict(result.timings)},
-                     self.dir / "progress.pt")
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def model_fingerprint(model: nn.Module, samples: int = 4096) -> str:
-    """A hash of every tensor's name, shape, dtype and `samples` values taken at a regular stride: cheap at any
-    model size (no copy of a whole tensor), and different for models whose weights differ anywhere but in a
-    few unsampled values."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        flat = t.detach().reshape(-1)
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        if flat.numel():
-            h.update(flat[:: max(1, flat.numel() // samples)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+        self.files.write(f"layer_{index}.pt", layer.state_dict())
+        self.files.write("progress.pt", {"next_layer": index + 1, "hidden": hidden,
+                                         "operators": [asdict(op) for op in result.operators],
+                                         "timings": dict(result.timings)})

@@ -167,10 +167,11 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
             os.replace(tmp, kept)
             succeeded = True
             raise UsageError(f"{path} appeared during the run and was left alone: the result is in {kept}")
-        _apply_umask(tmp)
-        if path.exists():
-            shutil.rmtree(path)  # an empty folder, or (--overwrite) a prunekit output
-        os.replace(tmp, path)
+        with writing(path):
+            _apply_umask(tmp)
+            if path.exists():
+                shutil.rmtree(path)  # an empty folder, or (--overwrite) a prunekit output
+            os.replace(tmp, path)
         succeeded = True
     finally:
         if tmp is not None:
@@ -178,6 +179,16 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
         lock.unlink(missing_ok=True)
         if not succeeded:
             _remove_if_empty(created)
+
+
+@contextmanager
+def writing(path: str | os.PathLike, hint: str = ""):
+    """Writes of a result: a failing disk (full, read-only, over quota) ends in one line naming the output,
+    not a traceback; the temporary folder is then removed by atomic_output_dir, so nothing half-written stays."""
+    try:
+        yield
+    except OSError as err:
+        raise UsageError(f"could not write the result to {path} ({err.strerror or err}): nothing saved{hint}") from err
 
 
 def check_output_file(path: str | os.PathLike) -> Path:

@@ -77,11 +77,19 @@ def keep_in_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(scores)
 
 
+def check_widths(pattern: Pattern, widths: dict[str, int]) -> None:
+    """N:M needs every operator's input width ({name: in_features}) to be a multiple of M."""
+    if not pattern.is_nm:
+        return
+    for name, cols in widths.items():
+        if cols % pattern.m:
+            raise UsageError(f"{name} has {cols} inputs, not a multiple of M={pattern.m}: choose another N:M pattern")
+
+
 def keep_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the N highest scores in every group of M consecutive input columns."""
     rows, cols = scores.shape
-    if cols % m:
-        raise UsageError(f"an operator has {cols} inputs, not a multiple of M={m}: choose another N:M pattern")
+    check_widths(Pattern(n, m), {"an operator": cols})
     groups = scores.reshape(rows, cols // m, m)
     idx = torch.topk(groups, n, dim=2).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)

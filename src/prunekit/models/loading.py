@@ -13,9 +13,11 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -112,34 +114,76 @@ def resolve_model(spec: str) -> str:
             raise UsageError(f"{spec} is not a model directory (no config.json): pass a directory written by "
                              "save_pretrained, a .gguf file, a hub id, or one of " + ", ".join(EMBEDDED_MODELS))
         return str(path)
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.suffix in (".gguf", ".safetensors"):
         raise UsageError(f"model path {spec} does not exist")
+    _check_hub_reachable(spec)
     return spec  # a hub id such as HuggingFaceTB/SmolLM2-135M
 
 
-def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _check_hub_reachable(repo: str) -> None:
+    """A hub id that is not in the local cache needs the hub: without a network, say so at once instead of
+    letting huggingface_hub retry for a minute."""
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    torch_dtype = parse_dtype(dtype)
-    source = resolve_model(spec)
-    from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
-
-    if is_sliced_dir(source):  # SliceGPT / RotPruner-structured: shapes differ from the config's
-        model = load_sliced_dir(source, torch_dtype)
-        return model.to(device), AutoTokenizer.from_pretrained(source)
-    if is_compact(source):  # prunekit's compact format: packed sparse weights, restored bit for bit
-        model = load_compact(source).to(torch_dtype)
-        return model.to(device), AutoTokenizer.from_pretrained(source)
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"could not load model {spec!r}: {first} (pass a local model directory or an embedded "
-                         f"name: {', '.join(EMBEDDED_MODELS)})") from err
+        socket.getaddrinfo(host, 443)
+    except OSError as err:
+        raise UsageError(f"model {repo!r} is not a local path, an embedded name ({', '.join(EMBEDDED_MODELS)}) "
+                         f"or in the hub cache, and {host} cannot be reached ({err.strerror or err}): check the "
+                         "name, or pass a local model directory") from err
+
+
+def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode.
+    A damaged or incomplete local model (truncated file, corrupt header, missing tokenizer) is a UsageError."""
+    torch_dtype = parse_dtype(dtype)
+    try:
+        source = resolve_model(spec)
+        model, tokenizer = _load_source(source, torch_dtype)
+    except UsageError:
+        raise
+    except Exception as err:  # whatever a damaged file makes safetensors, gguf or transformers raise
+        raise UsageError(f"could not load model {spec!r}: {_one_line(err)} ({_load_hint(spec)})") from err
     model.eval()
     return model.to(device), tokenizer
+
+
+def _load_source(source: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
+
+    _check_tokenizer_files(source)
+    if is_sliced_dir(source):  # SliceGPT / RotPruner-structured: shapes differ from the config's
+        return load_sliced_dir(source, dtype), AutoTokenizer.from_pretrained(source)
+    if is_compact(source):  # prunekit's compact format: packed sparse weights, restored bit for bit
+        return load_compact(source).to(dtype), AutoTokenizer.from_pretrained(source)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _check_tokenizer_files(source: str) -> None:
+    path = Path(source)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"model directory {source} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}): save it "
+                         f"there with tokenizer.save_pretrained({str(source)!r})")
+
+
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return f"{type(err).__name__}: {text}"
+
+
+def _load_hint(spec: str) -> str:
+    if Path(spec).expanduser().exists():
+        return "the files look damaged or incomplete: save or download the model again"
+    return f"pass a local model directory or an embedded name: {', '.join(EMBEDDED_MODELS)}"
 
 
 def _embedded_directory(name: str) -> Path:

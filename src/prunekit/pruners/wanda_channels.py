@@ -67,8 +67,11 @@ def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, d
     from tqdm.auto import tqdm
 
     from ..engine import OperatorResult, PruneResult, capture_inputs, forward_layer
+    from ..errors import UsageError
     from ..models.adapters import get_adapter
 
+    if checkpoint_dir is not None:
+        raise UsageError(f"--checkpoint-dir is not supported by --method {config.method} (it prunes in one pass)")
     adapter = get_adapter(model)
     result = PruneResult()
     inputs = capture_inputs(adapter, calib, device, "cpu", batch_size, progress)

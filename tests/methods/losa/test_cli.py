@@ -49,7 +49,6 @@ def test_finetune_an_already_pruned_model_keeps_its_zeros(tiny_model_dir, text_f
 @pytest.mark.parametrize("extra,message", [
     (["--adapter", "dense"], "--stages 1"),
     (["--rank", 0], "positive"),
-    (["--checkpoint-dir", "ck"], "checkpoint"),
     (["--base-pruner", "fista"], "base-pruner"),
     (["--rmi-kernel", "cosine"], "rmi-kernel"),
 ])

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
 from ...engine import OperatorResult, PruneResult, capture_inputs, forward_layer, prune_layerwise
 from ...errors import UsageError
 from ...models.adapters import get_adapter
@@ -83,9 +84,9 @@ def _peak_memory_mb(device) -> float:
 
 def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="cpu", batch_size: int = 8,
          progress: bool = True, checkpoint_dir=None) -> LosaResult:
-    """Run LoSA on `model` in place (see the module docstring); returns the final operators and per-stage details."""
-    if checkpoint_dir is not None:
-        raise UsageError("--checkpoint-dir is not supported by --method losa")
+    """Run LoSA on `model` in place (see the module docstring); returns the final operators and per-stage details.
+    With `checkpoint_dir`, the state after every stage but the last is saved there and a rerun of the same run
+    resumes after the last finished stage, bit-identical to an uninterrupted run."""
     if tokenizer is None:
         raise UsageError("LoSA fine-tunes the model: pass the tokenizer (prunekit.prune(..., tokenizer=tok))")
     adapter = get_adapter(model)
@@ -108,9 +109,14 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
 
-    dense = None
-    last = None
-    for t in range(1, T + 1):
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
+    dense, last, first = None, None, 1
+    if checkpoint and (saved := checkpoint.read("losa_stage.pt")) is not None:
+        dense, last, first = saved["dense"], PruneResult([OperatorResult(**op) for op in saved["last"]]), saved["stage"] + 1
+        model.load_state_dict(saved["model"])
+        adapters.factors, result.timings, result.details = saved["factors"], saved["timings"], saved["details"]
+        set_rng_state(saved["rng"])
+    for t in range(first, T + 1):
         stage: dict = {"stage": t}
         target = cubic_sparsity(t, T, config.sparsity) if unstructured else config.sparsity
         stage["sparsity"] = target
@@ -172,6 +178,11 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
                 raise RuntimeError(f"LoSA stage {t}: the merge wrote outside the mask ({stage['mask_check']})")
         stage["peak_memory_mb"] = _peak_memory_mb(device)
         result.details["stages"].append(stage)
+        if checkpoint and t < T:  # the masked adapter is merged and detached: the model is plain again
+            checkpoint.write("losa_stage.pt", {
+                "stage": t, "model": model.state_dict(), "factors": adapters.factors, "dense": dense,
+                "last": [dataclasses.asdict(op) for op in last.operators], "timings": result.timings,
+                "details": result.details, "rng": rng_state()})
 
     result.operators = _final_operators(model, adapter, last)
     if config.adapter == "dense":

@@ -22,7 +22,6 @@ class LosaConfig(PruneConfig):
     """
 
     method: ClassVar[str] = "losa"
-    supports_checkpoint: ClassVar[bool] = False
 
     base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage: wanda, sparsegpt or magnitude"})
     stages: int = field(default=5, metadata={"help": "progressive stages T (cubic schedule from 0 to the target); 1 = one-shot"})

@@ -7,14 +7,12 @@ input embeddings, since the final norm's scale is folded into the head): `save_p
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ...checkpoints import RunCheckpoint
 from ...engine import PruneResult, prune_layerwise
 from ...models.adapters import get_adapter
 from ...rotation import make_rotation_invariant, orthonormality_error, rotate_model
@@ -25,17 +23,18 @@ from .train import dense_teacher, learn_rotation
 def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: int = 8, progress: bool = True,
              checkpoint_dir=None, **engine_options) -> PruneResult:
     """RotPruner on `model` in place; `calib` [nsamples, seqlen] token windows. With `checkpoint_dir`,
-    the learned Q is saved there (`rotation.pt`) and reused by a rerun with the same config and data;
+    the learned Q is saved there (`rotation.pt`) and reused by a rerun of the same run (prunekit.checkpoints);
     the base pruner's pass then resumes layer by layer from `checkpoint_dir/base`."""
     adapter = get_adapter(model)
     t0 = time.perf_counter()
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
     stream = make_rotation_invariant(model)
     base = config.base_config()
     rule = rule_for(base)
     windows = calib[: config.train_samples or calib.shape[0]]
     windows = windows[:, : config.train_seqlen or windows.shape[1]]
 
-    saved = _load_rotation(checkpoint_dir, config, calib)
+    saved = checkpoint.read("rotation.pt") if checkpoint else None
     if saved is None:
         t_teacher = time.perf_counter()
         teacher = dense_teacher(model, adapter, stream, windows, rule, device, batch_size, progress)
@@ -44,9 +43,10 @@ def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
         log.teacher_seconds = teacher_seconds
         del teacher
         Q, training = rotation.matrix().detach().cpu(), log.summary()
-        _save_rotation(checkpoint_dir, config, calib, Q, training)
+        if checkpoint:
+            checkpoint.write("rotation.pt", {"Q": Q, "training": training})
     else:
-        Q, training = saved
+        Q, training = saved["Q"], saved["training"]
     rotate_model(model, Q, stream)
     rotation_seconds = time.perf_counter() - t0
 
@@ -62,29 +62,3 @@ def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
         "head_untied": True,
     }
     return result
-
-
-def _fingerprint(config, calib: torch.Tensor) -> str:
-    return hashlib.sha256(repr(sorted(asdict(config).items())).encode() + calib.numpy().tobytes()).hexdigest()[:16]
-
-
-def _load_rotation(directory, config, calib):
-    if not directory:
-        return None
-    path = Path(directory) / "rotation.pt"
-    if not path.is_file():
-        return None
-    state = torch.load(path, weights_only=False)
-    if state.get("fingerprint") != _fingerprint(config, calib):
-        return None
-    return state["Q"], state["training"]
-
-
-def _save_rotation(directory, config, calib, Q, training) -> None:
-    if not directory:
-        return
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "rotation.tmp"
-    torch.save({"fingerprint": _fingerprint(config, calib), "Q": Q, "training": training}, tmp)
-    os.replace(tmp, path / "rotation.pt")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...checkpoints import RunCheckpoint
 from ...engine import PruneResult
 from ...rotation import make_rotation_invariant, orthonormality_error
 from .layers import (check_sliceable, dense_tensors, is_sliced, load_sliced, parameter_count, restructure,
@@ -28,8 +29,10 @@ class SlicedResult(PruneResult):
 
 def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: int = 8, progress: bool = True,
              checkpoint_dir=None, **_) -> SlicedResult:
-    """SliceGPT (or RotPruner-structured when `config` has `steps`) on `model` in place."""
+    """SliceGPT (or RotPruner-structured when `config` has `steps`) on `model` in place. With `checkpoint_dir`,
+    the PCA bases and then the learned bases are saved there, and a rerun of the same run starts after the last."""
     check_sliceable(model)
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
     result = SlicedResult(parameters_before=parameter_count(model))
     t0 = time.perf_counter()
     g = tied_scale(model) if config.keep_tied else None
@@ -37,7 +40,10 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     d = model.config.hidden_size
     k = sliced_width(d, config.slicing, config.round_to)
     shared = config.shared_layer_basis
-    bases = pca_bases(model, calib, k, device, batch_size, progress, shared=shared)
+    saved = checkpoint.read("pca_bases.pt") if checkpoint else None
+    bases = saved or pca_bases(model, calib, k, device, batch_size, progress, shared=shared)
+    if checkpoint and saved is None:
+        checkpoint.write("pca_bases.pt", bases)
     result.timings["calibration"] = time.perf_counter() - t0
     details = {"hidden_size": d, "kept": k, "slicing_target": config.slicing, "slicing_achieved": 1 - k / d,
                "tied_embeddings_kept": g is not None, "shared_layer_basis": shared}
@@ -47,9 +53,15 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
 
         t1 = time.perf_counter()
         pca = bases
-        bases, log = learn_bases(model, dense, bases, calib, config, device, progress, g)  # restructures the model
+        learned = checkpoint.read("learned_bases.pt") if checkpoint else None
+        if learned is None:
+            bases, log = learn_bases(model, dense, bases, calib, config, device, progress, g)  # restructures the model
+            learned = {"bases": bases, "training": log.summary()}
+            if checkpoint:
+                checkpoint.write("learned_bases.pt", learned)
+        bases = learned["bases"]
         result.timings["training"] = time.perf_counter() - t1
-        details["training"] = log.summary()
+        details["training"] = learned["training"]
         details["max_orthonormality_error"] = max(orthonormality_error(U) for U in bases)
         details["max_distance_from_pca"] = max(float((U.double() - P.double().to(U.device)).norm())
                                                for U, P in zip(bases, pca))  # Frobenius, per basis

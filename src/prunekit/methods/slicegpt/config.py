@@ -19,7 +19,6 @@ class SliceGPTConfig(PruneConfig):
     `sparsity` is ignored (set to `slicing` for the report); the pattern must be unstructured."""
 
     method = "slicegpt"
-    supports_checkpoint = False
     slicing: float = field(default=0.25, metadata={"help": "fraction of the hidden dimension removed, in [0, 1)"})
     round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
     keep_tied: bool = field(default=True, metadata={
