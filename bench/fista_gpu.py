@@ -66,7 +66,7 @@ def operator_rows(sizes, tokens: int, device, fista_options: dict) -> list[dict]
                                  ("fista", FistaConfig(0.5, pattern, **fista_options))):
                 pruner = config.make_pruner(in_f, device)
                 _, stats_s = timed(lambda: feed(pruner, in_f, tokens, device), device)
-                pruned, prune_s = timed(lambda: pruner.prune(W.clone()), device)
+                pruned, prune_s = timed(lambda: pruner.prune(W.clone()).weight, device)
                 delta = (W - pruned)
                 # relative error on the statistics both pruners share: tr(Δ G Δᵀ) / tr(W G Wᵀ)
                 G = pruner.G if name == "fista" else pruner.H

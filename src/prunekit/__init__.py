@@ -11,12 +11,12 @@ from .engine import PruneResult  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .models import get_adapter, load_model  # noqa: E402
 from .patterns import Pattern  # noqa: E402
-from .pruners import (FistaConfig, LosaConfig, MagnitudeConfig, PruneConfig, RotPrunerConfig,  # noqa: E402
-                      RotPrunerStructuredConfig, SliceGPTConfig, SparseGPTConfig, WandaChannelsConfig,
-                      WandaConfig)
+from .methods import (LosaConfig, RotPrunerConfig, RotPrunerStructuredConfig, SliceGPTConfig,  # noqa: E402
+                      WandaChannelsConfig)
+from .pruners import FistaConfig, MagnitudeConfig, PruneConfig, RIAConfig, SparseGPTConfig, WandaConfig  # noqa: E402
 
 __all__ = [
-    "FistaConfig", "LosaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "RotPrunerConfig",
+    "FistaConfig", "LosaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "RIAConfig", "RotPrunerConfig",
     "RotPrunerStructuredConfig", "SliceGPTConfig", "SparseGPTConfig", "UsageError", "WandaChannelsConfig", "WandaConfig",
     "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune", "get_adapter", "load_model", "prune",
 ]

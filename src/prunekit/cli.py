@@ -31,7 +31,8 @@ from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
                       check_output_file, write_text_atomic, writing)
-from .pruners import CONFIGS, PruneConfig, config_class
+from .methods import config_class, method_configs
+from .pruners import PruneConfig
 from .pruners.base import flag_name
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model, evaluate it, save it with report.json")
     _add_model_args(p)
-    p.add_argument("--method", default="wanda", help=", ".join(CONFIGS))
+    p.add_argument("--method", default="wanda", help=", ".join(method_configs()))
     p.add_argument("--sparsity", type=float,
                    help="fraction of weights removed (default: 0.5 unstructured; an N:M pattern implies 1 - N/M)")
     p.add_argument("--pattern", default="unstructured",
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to write (must not exist, unless --overwrite; missing parent folders are created)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_fields(p, CONFIGS["losa"], FINETUNE_FIELDS)
+    _add_config_fields(p, method_configs()["losa"], FINETUNE_FIELDS)
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model; prints a table")
     _add_model_args(p)
@@ -160,7 +161,7 @@ def method_options() -> dict[str, tuple[dataclasses.Field, list[str]]]:
     (default `--field-name`; a bool that defaults to True becomes a `--no-...` switch)."""
     base = {f.name for f in dataclasses.fields(PruneConfig)}
     options: dict = {}
-    for method, cls in CONFIGS.items():
+    for method, cls in method_configs().items():
         for f in dataclasses.fields(cls):
             if f.init and f.name not in base:
                 options.setdefault(f.name, (f, []))[1].append(method)
@@ -176,7 +177,7 @@ def _option_help(f: dataclasses.Field, methods: list[str]) -> str:
     if f.type in (bool, "bool"):
         state = f"turns off {f.name}, which is on by default" if f.default else "off unless given"
         return f"{text} ({', '.join(methods)}; {state})"
-    defaults = {method: _field_default(CONFIGS[method], f.name) for method in methods}
+    defaults = {method: _field_default(method_configs()[method], f.name) for method in methods}
     if len(set(map(repr, defaults.values()))) == 1:
         return f"{text} ({', '.join(methods)}; default {f.default})"
     return f"{text} (default: {', '.join(f'{m} {d}' for m, d in defaults.items())})"
@@ -434,7 +435,7 @@ def _decoder_sparsity(model) -> float:
 
 
 def cmd_finetune(args) -> int:
-    cls = CONFIGS["losa"]
+    cls = method_configs()["losa"]
     options = {name: getattr(args, name) for name in FINETUNE_FIELDS if getattr(args, name) is not None}
     try:
         config = cls(sparsity=0.0, stages=1, rmi=False, rank_allocation=False, **options)

@@ -88,7 +88,7 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
         for name, op in groups[g]:
             t0 = time.perf_counter()
             W = op.weight.data.float().clone()
-            op.weight.data.copy_(pruners[g].prune(W).to(op.weight.dtype))
+            op.weight.data.copy_(pruners[g].prune(W).weight.to(op.weight.dtype))
             seconds = time.perf_counter() - t0
             prune_s += seconds
             extra = dict(pruners[g].extra or {})

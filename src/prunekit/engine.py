@@ -232,7 +232,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
             for name, op in group:
                 t0 = time.perf_counter()
                 W = op.weight.data.float().clone()  # .float() is a no-op view for fp32 weights
-                W_pruned = pruners[g].prune(W)
+                W_pruned = pruners[g].prune(W).weight
                 op.weight.data.copy_(W_pruned.to(op.weight.dtype))
                 seconds = time.perf_counter() - t0
                 result.timings["pruning"] += seconds

@@ -9,7 +9,7 @@ import torch
 from conftest import random_windows, tiny_llama, tiny_opt
 from prunekit import MagnitudeConfig, RotPrunerConfig, SparseGPTConfig, WandaConfig, get_adapter, prune
 from prunekit.cli import main
-from prunekit.methods.rotpruner.masking import masked, rule_for
+from prunekit.methods.rotpruner.ste import masked
 from prunekit.patterns import max_nonzeros_per_group
 from prunekit.rotation import make_rotation_invariant, random_rotation
 
@@ -18,19 +18,19 @@ BASES = [WandaConfig, MagnitudeConfig, lambda **kw: SparseGPTConfig(update=False
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 @pytest.mark.parametrize("make_base", BASES)
-def test_mask_rule_is_the_base_pruners_selection_in_the_rotated_space(make_base, pattern):
-    """rule.rotate(G, Q) + rule.mask(W Q) must pick exactly the weights the base pruner keeps when it
-    sees the rotated weight W Q and the rotated inputs X Q."""
+def test_mask_from_rotated_gram_is_the_base_pruners_selection_in_the_rotated_space(make_base, pattern):
+    """load_rotated_gram(G, Q) + mask(W Q) — what RotPruner trains against — must pick exactly the weights
+    the base pruner keeps when it sees the rotated weight W Q and the rotated inputs X Q."""
     torch.manual_seed(0)
     base = make_base(sparsity=0.5, pattern=pattern)
     X = torch.randn(200, 32) * torch.rand(32) * 3
     W, Q = torch.randn(24, 32), random_rotation(32, seed=1).float()
     pruner = base.make_pruner(32, "cpu")
     pruner.add_batch(X @ Q)
-    expected = pruner.prune(W @ Q) != 0
-    rule = rule_for(base)
-    got = rule.mask(W @ Q, rule.rotate(X.t() @ X, Q))
-    assert torch.equal(got, expected)
+    expected = pruner.prune(W @ Q).weight != 0
+    rotated = base.make_pruner(32, "cpu")
+    rotated.load_rotated_gram(X.t() @ X, Q)
+    assert torch.equal(rotated.mask(W @ Q), expected)
 
 
 def test_straight_through_estimators():

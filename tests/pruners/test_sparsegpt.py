@@ -16,7 +16,7 @@ def correlated_inputs(tokens=2048, dim=64, seed=0):
 def pruned_error(config, W, X):
     pruner = config.make_pruner(W.shape[1], "cpu")
     pruner.add_batch(X)
-    pruned = pruner.prune(W)
+    pruned = pruner.prune(W).weight
     return reconstruction_error(W, pruned, X), pruned
 
 
@@ -105,7 +105,7 @@ def test_matches_textbook_algorithm(pattern, prunen, prunem):
         pruner = SparseGPTConfig(0.5, pattern).make_pruner(192, "cpu")
         pruner.H = pruner.H.double()
         pruner.add_batch(X)
-        ours = pruner.prune(W)
+        ours = pruner.prune(W).weight
         theirs = reference_sparsegpt(W, pruner.H, 0.5, prunen, prunem)
     finally:
         torch.set_default_dtype(torch.float32)

@@ -14,7 +14,7 @@ def test_scores_are_weight_magnitude_times_input_norm():
     expected = torch.tensor([[5.0, 2.0, 1.0], [0.5, 3.0, 2.0]])
     assert torch.allclose(pruner.scores(W), expected)
     # one weight per row goes: the lowest score of each row
-    pruned = pruner.prune(W)
+    pruned = pruner.prune(W).weight
     assert torch.equal(pruned, torch.tensor([[1.0, -2.0, 0.0], [0.0, 3.0, -1.0]]))
 
 
@@ -24,7 +24,7 @@ def test_comparison_group_is_the_row():
     W[0] *= 100  # a row of huge weights must still lose half of them
     pruner = WandaConfig(sparsity=0.5).make_pruner(40, "cpu")
     pruner.add_batch(torch.randn(64, 40))
-    pruned = pruner.prune(W)
+    pruned = pruner.prune(W).weight
     assert ((pruned == 0).sum(dim=1) == 20).all()
 
 
@@ -32,6 +32,6 @@ def test_n_m_pattern_valid():
     torch.manual_seed(0)
     pruner = WandaConfig(pattern="4:8").make_pruner(64, "cpu")
     pruner.add_batch(torch.randn(100, 64))
-    pruned = pruner.prune(torch.randn(32, 64))
+    pruned = pruner.prune(torch.randn(32, 64)).weight
     assert max_nonzeros_per_group(pruned, 8) <= 4
     assert (pruned == 0).float().mean() == 0.5

@@ -2,9 +2,16 @@
 
 One Pruner instance serves a group of operators that read the same input (q/k/v; gate/up): the
 engine feeds the group's calibration inputs to `add_batch` once, then calls `prune` with each
-operator's dense weight; `prune` returns the pruned weight (zeros in place) and leaves the
-statistics untouched. A method is a config dataclass
-(what the user sets, validated at construction) plus its Pruner.
+operator's dense weight; `prune` returns the pruned weight (zeros in place) and its keep-mask, and leaves
+the statistics untouched. A method is a config dataclass (what the user sets, validated at construction)
+plus its Pruner.
+
+What other methods reuse, so that they never re-implement a pruner's rule:
+  `mask(W)`            the pruner's selection alone (no reconstruction): RotPruner learns its rotation
+                       against it; the default runs `prune` and keeps its mask;
+  `load_gram(G)`       statistics from the Gram matrix G = Σ xᵀx of the inputs instead of `add_batch`;
+  `load_rotated_gram(G, Q)`  the statistics of inputs rotated by Q (x → x Q, so G → Qᵀ G Q).
+A pruner whose rule is a score per weight subclasses `ScorePruner` and writes `scores` only.
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from ..patterns import Pattern, check_sparsity
+from ..patterns import Pattern, check_sparsity, select_mask
 
 UNSTRUCTURED_DEFAULT = 0.5
 
@@ -33,6 +40,8 @@ class PruneConfig:
     pattern: Pattern | str = "unstructured"
     method: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = True
+    #: the engine can give each decoder layer its own sparsity (OWL, LoSA's RMI rates)
+    per_layer_sparsity: ClassVar[bool] = True
 
     def __post_init__(self):
         self.pattern = self.pattern if isinstance(self.pattern, Pattern) else Pattern.parse(self.pattern)
@@ -59,9 +68,18 @@ class PruneConfig:
         return prune_layerwise(model, self, calib, **engine_options)
 
 
+class Pruned(NamedTuple):
+    """What `Pruner.prune` returns: the pruned weight (+0.0 where pruned) and its keep-mask (True = kept)."""
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+
+
 class Pruner:
     """Statistics of one operator's inputs, and the rule that prunes its weight from them."""
 
+    #: False for a rule that reads only the weights (magnitude): no statistics are collected for it
+    uses_inputs: ClassVar[bool] = True
     #: what the last `prune` call wants logged for its operator in report.json (None: nothing)
     extra: dict | None = None
 
@@ -73,9 +91,53 @@ class Pruner:
     def add_batch(self, x: torch.Tensor) -> None:
         """Accumulate statistics of a batch of inputs x [tokens, in] (in fp32)."""
 
-    def prune(self, weight: torch.Tensor) -> torch.Tensor:
-        """The pruned weight (out × in, fp32) for the dense `weight`."""
+    def load_gram(self, G: torch.Tensor) -> None:
+        """Take the statistics from G = Σ xᵀx [in, in] over the calibration inputs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take its statistics from a Gram matrix")
+
+    def load_rotated_gram(self, G: torch.Tensor, Q: torch.Tensor) -> None:
+        """The statistics of the inputs x Q: G → Qᵀ G Q."""
+        self.load_gram(Q.t() @ G @ Q)
+
+    def prune(self, weight: torch.Tensor) -> Pruned:
+        """The pruned weight (out × in, fp32) for the dense `weight`, and its mask."""
         raise NotImplementedError
+
+    def mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The keep-mask the pruner chooses for `weight` (the selection alone, without any reconstruction)."""
+        return self.prune(weight).mask
+
+
+class ScorePruner(Pruner):
+    """A pruner that keeps the highest `scores(W)` by the config's pattern: per output row (`group = "row"`,
+    Wanda's comparison group) or over the whole matrix ("matrix"). Its statistics are the squared input
+    norms ‖X_j‖² = G_jj, what every score of this family reads."""
+
+    group: ClassVar[str] = "row"
+
+    def __init__(self, config, in_features, device):
+        super().__init__(config, in_features, device)
+        self.sq_norm = torch.zeros(in_features, dtype=torch.float32, device=device)  # ||X_j||² over tokens
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        self.sq_norm += x.float().pow(2).sum(dim=0)
+
+    def load_gram(self, G: torch.Tensor) -> None:
+        self.sq_norm = torch.diagonal(G).clamp_min(0)
+
+    def load_rotated_gram(self, G: torch.Tensor, Q: torch.Tensor) -> None:
+        self.sq_norm = ((G @ Q) * Q).sum(0).clamp_min(0)  # ‖X Q_j‖² = q_jᵀ G q_j: only Qᵀ G Q's diagonal
+
+    def scores(self, weight: torch.Tensor) -> torch.Tensor:
+        """The importance of each weight (out × in): the highest are kept."""
+        raise NotImplementedError
+
+    def mask(self, weight: torch.Tensor) -> torch.Tensor:
+        return select_mask(self.scores(weight), self.config.pattern, self.config.sparsity, group=self.group)
+
+    def prune(self, weight: torch.Tensor) -> Pruned:
+        keep = self.mask(weight)
+        return Pruned(weight.masked_fill(~keep, 0.0), keep)  # +0.0, not the -0.0 that weight * mask gives
 
 
 def flag_name(f: dataclasses.Field) -> str:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from ..patterns import keep_in_matrix, keep_n_of_m, select_mask
-from .base import PruneConfig, Pruner
+from .base import PruneConfig, Pruned, Pruner
 
 ERROR_CORRECTION = ("intra", "none", "intra+inter")
 WARM_STARTS = ("wanda", "zero", "dense")
@@ -43,6 +43,7 @@ class FistaConfig(PruneConfig):
     """FISTAPruner's options; the defaults are the settings measured in BENCHMARKS.md."""
 
     method = "fista"
+    per_layer_sparsity = False  # its paired dense/pruned loop (prunekit.correction) takes one sparsity
     error_correction: str = field(default="intra", metadata={
         "help": "intra (dense layer inputs, pruned earlier operators of the same layer), "
                 "intra+inter (pruned previous layers too) or none (dense inputs everywhere)"})
@@ -318,7 +319,12 @@ class FistaPruner(Pruner):
         scores = W.abs() * torch.diagonal(self.G).clamp_min(0).sqrt().unsqueeze(0)
         return W.masked_fill(~select_mask(scores, cfg.pattern, cfg.sparsity, group="row"), 0.0)  # +0.0, not -0.0
 
-    def prune(self, weight: torch.Tensor) -> torch.Tensor:
+    def load_gram(self, G: torch.Tensor) -> None:
+        """X* = X: G = M = G_dense (the problem is invariant to the Gram matrix's scale)."""
+        self.G, self.M, self.G_dense = G.float(), None, None
+        self.__dict__.pop("_lip_cache", None)
+
+    def prune(self, weight: torch.Tensor) -> Pruned:
         """FISTA + λ bisection at the target sparsity, then the final mask (unstructured: the largest
         |W*| of the matrix, exact count; N:M: the N largest |W*| of every M), then the optional
         least-squares refit of the kept weights. Logs λ, iterations and objectives in `self.extra`."""
@@ -376,4 +382,4 @@ class FistaPruner(Pruner):
             "fista_sparsity": fista_sparsity, "rel_error_rounded": error_rounded / total if total else 0.0,
             "rel_error": error / total if total else 0.0, "refit_iters": cfg.refit_iters,
         }
-        return Wp.masked_fill(~mask, 0.0)  # +0.0 where pruned: `· mask` leaves -0.0, which 2:4 packing refuses
+        return Pruned(Wp.masked_fill(~mask, 0.0), mask)  # +0.0 where pruned: `· mask` leaves -0.0, which 2:4 packing refuses

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..patterns import select_mask
-from .base import PruneConfig, Pruner
+from .base import PruneConfig, ScorePruner
 
 
 @dataclass
@@ -19,8 +18,18 @@ class MagnitudeConfig(PruneConfig):
         return MagnitudePruner(self, in_features, device)
 
 
-class MagnitudePruner(Pruner):
-    def prune(self, weight: torch.Tensor) -> torch.Tensor:
-        """Score |W_ij|; unstructured compares the whole matrix (the usual layer-wise baseline)."""
-        mask = select_mask(weight.abs(), self.config.pattern, self.config.sparsity, group="matrix")
-        return weight.masked_fill(~mask, 0.0)
+class MagnitudePruner(ScorePruner):
+    """Unstructured compares the whole matrix (the usual layer-wise baseline)."""
+
+    uses_inputs = False
+    group = "matrix"
+
+    def load_gram(self, G: torch.Tensor) -> None:
+        pass
+
+    def load_rotated_gram(self, G: torch.Tensor, Q: torch.Tensor) -> None:
+        pass
+
+    def scores(self, weight: torch.Tensor) -> torch.Tensor:
+        """S_ij = |W_ij|."""
+        return weight.abs()

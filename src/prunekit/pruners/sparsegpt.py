@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..patterns import keep_in_matrix, keep_n_of_m
-from .base import PruneConfig, Pruner
+from .base import PruneConfig, Pruned, Pruner
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SparseGPTPruner(Pruner):
         super().__init__(config, in_features, device)
         self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
         self.tokens = 0
-        self._factor = None
+        self._factor = self._cholesky = None
 
     def add_batch(self, x: torch.Tensor) -> None:
         """H = (2/n) Σ x xᵀ over the n calibration tokens, kept as a running mean for fp32 accuracy."""
@@ -46,33 +46,62 @@ class SparseGPTPruner(Pruner):
         self.tokens += n
         x = x * (2.0 / self.tokens) ** 0.5
         self.H += x.t() @ x
+        self._factor = self._cholesky = None
 
-    def inverse_hessian_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U, dead): U is the upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean diag(H).
+    def load_gram(self, G: torch.Tensor) -> None:
+        """H from G = Σ xᵀx as it is: the mask rule is invariant to H's scale (the damping is relative)."""
+        self.H, self._factor, self._cholesky = G, None, None
+
+    def _damped_cholesky(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, dead): J (H + λI) J = L Lᵀ with J reversing the order, λ = percdamp · mean diag(H).
 
         Damping keeps H invertible when calibration inputs are rank-deficient; 1% of the mean diagonal
         is the paper's choice. Inputs that never fire (`dead`) get H_jj = 1 and their weights are zeroed.
-        U comes from one Cholesky factorisation of the reversed matrix: if J H J = L Lᵀ (J reverses
-        the order), then H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) with J L⁻¹ J upper triangular. Computed once and
-        shared by the operators of a group.
-        """
+        Computed once per statistics and shared by the operators of a group."""
+        if self._cholesky is None:
+            self._cholesky = self._factorize()
+        return self._cholesky
+
+    def _factorize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        H = self.H.clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1.0
+        damp = self.config.percdamp * torch.mean(torch.diag(H))
+        eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        for attempt in range(6):  # raise the damping tenfold while H + λI is numerically not positive definite
+            L, info = torch.linalg.cholesky_ex((H + damp * 10**attempt * eye).flip(0, 1))
+            if info == 0:
+                return L, dead
+        raise RuntimeError("SparseGPT: the damped Hessian is not positive definite; raise percdamp")
+
+    def inverse_hessian_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, dead): U is the upper Cholesky factor of (H + λI)⁻¹. If J H J = L Lᵀ (J reverses the order),
+        then H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) with J L⁻¹ J upper triangular. Computed once and shared by the
+        operators of a group."""
         if self._factor is None:
-            H = self.H.clone()
-            dead = torch.diag(H) == 0
-            H[dead, dead] = 1.0
-            damp = self.config.percdamp * torch.mean(torch.diag(H))
-            eye = torch.eye(H.shape[0], device=H.device)
-            for attempt in range(6):  # raise the damping tenfold while H + λI is numerically not positive definite
-                L, info = torch.linalg.cholesky_ex((H + damp * 10**attempt * eye).flip(0, 1))
-                if info == 0:
-                    U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
-                    self._factor = (U, dead)
-                    break
-            else:
-                raise RuntimeError("SparseGPT: the damped Hessian is not positive definite; raise percdamp")
+            L, dead = self._damped_cholesky()
+            eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+            self._factor = (torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead)
+            self._cholesky = None  # only U is needed from here on: free L (in × in)
         return self._factor
 
-    def prune(self, weight: torch.Tensor) -> torch.Tensor:
+    def mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """SparseGPT's selection without the reconstruction: w_ij² / [U]_jj² per block of columns (or per
+        N:M group), U as in `inverse_hessian_factor`; [U]_jj = 1 / [L]_jj reversed, so only L is needed."""
+        L, dead = self._damped_cholesky()
+        d = (1.0 / torch.diagonal(L)).flip(0)
+        scores = weight.pow(2) / d.pow(2).unsqueeze(0)
+        scores[:, dead] = 0.0  # the weights of inputs that never fire are zeroed before choosing
+        pattern = self.config.pattern
+        if pattern.is_nm:
+            return keep_n_of_m(scores, pattern.n, pattern.m)
+        keep = torch.empty_like(scores, dtype=torch.bool)
+        for i1 in range(0, scores.shape[1], self.config.blocksize):
+            i2 = min(i1 + self.config.blocksize, scores.shape[1])
+            keep[:, i1:i2] = keep_in_matrix(scores[:, i1:i2], self.config.sparsity)
+        return keep
+
+    def prune(self, weight: torch.Tensor) -> Pruned:
         """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for
         each column j zero the pruned weights and spread the error over the later columns,
         W[:, j:] -= (w_j − q_j)/[H⁻¹]_jj · [H⁻¹]_{j, j:}  (skipped when update=False).
@@ -83,11 +112,14 @@ class SparseGPTPruner(Pruner):
         Hinv, dead = self.inverse_hessian_factor()
         Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
         Wt[dead] = 0.0
+        kept = torch.ones_like(Wt, dtype=torch.bool)
         for i1 in range(0, Wt.shape[0], cfg.blocksize):
             i2 = min(i1 + cfg.blocksize, Wt.shape[0])
             B, Hb = Wt[i1:i2], Hinv[i1:i2, i1:i2]
             d = torch.diag(Hb).unsqueeze(1)
-            keep = torch.ones_like(B, dtype=torch.bool) if pattern.is_nm else keep_in_matrix(B**2 / d**2, cfg.sparsity)
+            keep = kept[i1:i2]
+            if not pattern.is_nm:
+                keep.copy_(keep_in_matrix(B**2 / d**2, cfg.sparsity))
             errs = torch.zeros_like(B)
             for i in range(i2 - i1):
                 if pattern.is_nm and i % pattern.m == 0:
@@ -100,4 +132,4 @@ class SparseGPTPruner(Pruner):
                 B[i] = q
             if cfg.update:
                 Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), errs, alpha=-1.0)
-        return Wt.t().contiguous()
+        return Pruned(Wt.t().contiguous(), kept.t().contiguous())

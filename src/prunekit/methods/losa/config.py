@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
 
 ADAPTERS = ("masked", "dense")
-BASE_PRUNERS = ("wanda", "sparsegpt", "magnitude")
 RANK_ERRORS = ("output", "local")
 
 
@@ -23,7 +23,7 @@ class LosaConfig(PruneConfig):
 
     method: ClassVar[str] = "losa"
 
-    base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage: wanda, sparsegpt or magnitude"})
+    base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage: any pruner that takes per-layer sparsities (all but fista)"})
     stages: int = field(default=5, metadata={"help": "progressive stages T (cubic schedule from 0 to the target); 1 = one-shot"})
     rank: int = field(default=8, metadata={"help": "average LoRA rank r̄ over layers and stages"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA α; the update is scaled by α / r̄"})
@@ -58,7 +58,7 @@ class LosaConfig(PruneConfig):
         super().__post_init__()
         from .data import check_spec
 
-        bases = BASE_PRUNERS  # pruners that take per-layer sparsity (the RMI rates)
+        bases = [name for name, cls in PRUNERS.items() if cls.per_layer_sparsity]  # the RMI rates are per layer
         if self.base_pruner not in bases:
             raise ValueError(f"--base-pruner {self.base_pruner!r}: choose one of {', '.join(bases)}")
         for name in ("stages", "rank", "min_rank", "max_rank", "rmi_tokens", "feature_windows", "train_tokens",
@@ -93,9 +93,7 @@ class LosaConfig(PruneConfig):
         return 0.01 if stage_sparsity <= 0.5 else 0.02 if stage_sparsity <= 0.6 else 0.03
 
     def base_config(self, sparsity: float) -> PruneConfig:
-        from ...pruners import config_class
-
-        return config_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern)
+        return pruner_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern)
 
     def apply(self, model, calib, *, tokenizer=None, **engine_options):
         from .algorithm import losa

@@ -16,7 +16,6 @@ from ...checkpoints import RunCheckpoint
 from ...engine import PruneResult, prune_layerwise
 from ...models.adapters import get_adapter
 from ...rotation import make_rotation_invariant, orthonormality_error, rotate_model
-from .masking import rule_for
 from .train import dense_teacher, learn_rotation
 
 
@@ -30,16 +29,15 @@ def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
     stream = make_rotation_invariant(model)
     base = config.base_config()
-    rule = rule_for(base)
     windows = calib[: config.train_samples or calib.shape[0]]
     windows = windows[:, : config.train_seqlen or windows.shape[1]]
 
     saved = checkpoint.read("rotation.pt") if checkpoint else None
     if saved is None:
         t_teacher = time.perf_counter()
-        teacher = dense_teacher(model, adapter, stream, windows, rule, device, batch_size, progress)
+        teacher = dense_teacher(model, adapter, stream, windows, base, device, batch_size, progress)
         teacher_seconds = time.perf_counter() - t_teacher
-        rotation, log = learn_rotation(model, adapter, stream, windows, teacher, rule, config, device, progress)
+        rotation, log = learn_rotation(model, adapter, stream, windows, teacher, config, device, progress)
         log.teacher_seconds = teacher_seconds
         del teacher
         Q, training = rotation.matrix().detach().cpu(), log.summary()

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
-from ...pruners.magnitude import MagnitudeConfig
-from ...pruners.sparsegpt import SparseGPTConfig
-from ...pruners.wanda import WandaConfig
 from ...rotation.stiefel import OPTIMIZERS
-from .masking import STE_MODES
+from .ste import STE_MODES
 
-#: base pruner name → its config class and keyword arguments; 'sparsegpt' learns Q with the
-#: no-update mask rule (the mask must not depend on a reconstruction) and reconstructs at the end
-BASE_PRUNERS = {
-    "wanda": (WandaConfig, {}),
-    "magnitude": (MagnitudeConfig, {}),
-    "sparsegpt-noupdate": (SparseGPTConfig, {"update": False}),
-    "sparsegpt": (SparseGPTConfig, {"update": True}),
-}
+#: base pruners that are a registered pruner with options: name → (pruner, its options). Any registered
+#: pruner is a base too; Q is always learned against the pruner's selection alone (`Pruner.mask`), and the
+#: final pass runs the whole pruner (SparseGPT's reconstruction included).
+VARIANTS = {"sparsegpt-noupdate": ("sparsegpt", {"update": False})}
+
+
+def base_pruners() -> list[str]:
+    return [*PRUNERS, *VARIANTS]
 SCHEDULES = ("cosine", "constant")
 TRAIN_DTYPES = ("float32", "tf32", "bfloat16")
 
@@ -38,7 +36,7 @@ class RotPrunerConfig(PruneConfig):
 
     method = "rotpruner"
     base_pruner: str = field(default="wanda", metadata={
-        "help": "pruner applied in the rotated space: " + ", ".join(BASE_PRUNERS)})
+        "help": "pruner applied in the rotated space: any pruner, or sparsegpt-noupdate"})
     epochs: float = field(default=20.0, metadata={"help": "passes over the training windows (ignored with --steps)"})
     steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = --epochs passes"})
     train_samples: int = field(default=0, metadata={"help": "calibration windows used to learn Q; 0 = all"})
@@ -60,7 +58,7 @@ class RotPrunerConfig(PruneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _one_of("--base-pruner", self.base_pruner, BASE_PRUNERS)
+        _one_of("--base-pruner", self.base_pruner, base_pruners())
         _one_of("--optimizer", self.optimizer, OPTIMIZERS)
         _one_of("--schedule", self.schedule, SCHEDULES)
         _one_of("--ste", self.ste, STE_MODES)
@@ -69,11 +67,12 @@ class RotPrunerConfig(PruneConfig):
         self.base_config()  # N:M and blocksize checks of the base pruner
 
     def base_config(self) -> PruneConfig:
-        """The base pruner's config (same pattern and sparsity)."""
-        cls, extra = BASE_PRUNERS[self.base_pruner]
-        if cls is SparseGPTConfig:
-            extra = {**extra, "blocksize": self.blocksize, "percdamp": self.percdamp}
-        return cls(sparsity=self.sparsity, pattern=self.pattern, **extra)
+        """The base pruner's config: same pattern and sparsity, and every option of this config that the pruner
+        also has (SparseGPT's blocksize and percdamp)."""
+        name, options = VARIANTS.get(self.base_pruner, (self.base_pruner, {}))
+        cls = pruner_class(name)
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(self)} - {"sparsity", "pattern"}
+        return cls(sparsity=self.sparsity, pattern=self.pattern, **{n: getattr(self, n) for n in shared}, **options)
 
     def make_pruner(self, in_features, device):
         raise NotImplementedError("RotPruner is a whole-model method: use prunekit.prune / RotPrunerConfig.apply")

@@ -4,8 +4,8 @@
     s.t.   Qᵀ Q = I
 
 p are next-token distributions on the calibration windows, z the final hidden states (original basis).
-At every step each operator's mask is chosen afresh by the base pruner's rule on its rotated weight
-(masking.py), the loss is back-propagated to Q through a straight-through estimator, and Q takes a
+At every step each operator's mask is chosen afresh by the base pruner's own selection (`Pruner.mask`) on
+its rotated weight, with the rotated statistics (`Pruner.load_rotated_gram`); the loss is back-propagated to Q through a straight-through estimator, and Q takes a
 Cayley step on the Stiefel manifold (rotation/stiefel.py). The original weights never change.
 """
 
@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from ...engine import capture_inputs, forward_layer
 from ...models.adapters import Adapter
 from ...rotation import ResidualStream, RotatedForward, Rotation, make_optimizer, orthonormality_error
-from .masking import MaskRule, masked
+from ...pruners.base import PruneConfig, Pruner
+from .ste import masked
 
 
 @dataclass
@@ -35,7 +36,7 @@ class GroupStats:
     names: tuple[str, ...]  # full module paths
     rotates: bool  # the input lives in the residual stream (x → x Q)
     G: torch.Tensor | None  # Σ xᵀx, kept only when the input rotates
-    state: object = None  # the rule's reduced statistics when it does not
+    pruner: Pruner  # the base pruner of the group; its statistics are loaded once when the input does not rotate
 
 
 @dataclass
@@ -102,10 +103,11 @@ def _mean(values: list[float]) -> float:
 
 
 @torch.no_grad()
-def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor, rule: MaskRule,
-                  device, batch_size: int = 8, progress: bool = True) -> Teacher:
+def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor,
+                  base: PruneConfig, device, batch_size: int = 8, progress: bool = True) -> Teacher:
     """One layer-by-layer pass of the dense rotation-invariant model over `windows`: G = Σ xᵀx of each
-    operator group's inputs, and the final-norm output z. Only one layer sits on the device at a time."""
+    operator group's inputs (a `base` pruner per group), and the final-norm output z. Only one layer sits
+    on the device at a time."""
     inputs = capture_inputs(adapter, windows, device, "cpu", batch_size, progress)
     readers = set(stream.readers)
     groups: list[GroupStats] = []
@@ -115,8 +117,9 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
         prefix = adapter.layer_prefix(index)
         ops = adapter.linear_groups(layer)
         grams = [None] * len(ops)
+        pruners = [base.make_pruner(group[0][1].in_features, device) for group in ops]
         handles = []
-        if rule.needs_stats:
+        if pruners and pruners[0].uses_inputs:
             for g, group in enumerate(ops):
                 def hook(module, args, g=g):
                     x = args[0].reshape(-1, args[0].shape[-1]).float()
@@ -132,8 +135,9 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
             names = tuple(f"{prefix}.{name}" for name, _ in group)
             rotates = names[0] in readers
             G = grams[g]
-            state = rule.prepare(G) if (G is not None and not rotates) else None
-            groups.append(GroupStats(names, rotates, G if rotates else None, state))
+            if G is not None and not rotates:
+                pruners[g].load_gram(G)
+            groups.append(GroupStats(names, rotates, G if rotates else None, pruners[g]))
     norm = adapter.model.get_submodule(adapter.final_norm_path).to(device)
     z = torch.cat([norm(h.to(device)).to("cpu") for h in inputs.hidden.split(batch_size)])
     norm.to("cpu")
@@ -161,7 +165,7 @@ def window_batches(n: int, batch: int, seed: int):
 
 
 def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor,
-                   teacher: Teacher, rule: MaskRule, config, device, progress: bool = True) -> tuple[Rotation, TrainingLog]:
+                   teacher: Teacher, config, device, progress: bool = True) -> tuple[Rotation, TrainingLog]:
     """Learn Q on `windows` [n, seqlen] (their prefix of `config.train_seqlen` tokens); returns the
     rotation and a log of the loss, step times and peak memory."""
     device = torch.device(device)
@@ -197,13 +201,12 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         Q = rotation.matrix().float()
         with torch.no_grad():
             Qd = Q.detach()
-            rotated_state = {id(g): rule.rotate(g.G, Qd) for g in reader_G}
+            for g in reader_G:
+                g.pruner.load_rotated_gram(g.G, Qd)
 
         def transform(path: str, W: torch.Tensor) -> torch.Tensor:
-            group = group_of[path]
-            state = rotated_state.get(id(group), group.state)
             with torch.no_grad():
-                M = rule.mask(W.detach().float(), state)
+                M = group_of[path].pruner.mask(W.detach().float())
             return masked(W, M, config.ste, config.srste_decay)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
