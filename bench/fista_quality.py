@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from environment import machine, precision  # noqa: E402  (bench/environment.py)
 from parity import protocol_q, wiki_ppl  # noqa: E402
 from prunekit import load_model, prune  # noqa: E402
-from prunekit.pruners import CONFIGS  # noqa: E402
+from prunekit.pruners import PRUNERS as CONFIGS  # noqa: E402
 
 CELLS = [
     "wanda/unstructured", "sparsegpt/unstructured", "fista/unstructured",

@@ -29,7 +29,7 @@ import torch
 
 import prunekit
 from prunekit import api
-from prunekit.pruners import config_class
+from prunekit.methods import config_class
 
 from environment import environment  # bench/environment.py
 

@@ -3,7 +3,8 @@ import torch
 
 from conftest import random_windows, tiny_gemma, tiny_llama, tiny_opt
 from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
-from prunekit.engine import capture_inputs, prune_layerwise
+from prunekit.engine import capture_inputs
+from prunekit.layerwise import prune_layerwise
 from prunekit.errors import UsageError
 from prunekit.patterns import max_nonzeros_per_group
 

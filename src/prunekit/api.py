@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from . import data, methods
+from .methods.losa.algorithm import finetune_pruned
 from .engine import PruneResult
 from .errors import UsageError
 from .eval import zeroshot
 from .eval.perplexity import perplexity
 from .models.adapters import get_adapter
-from .patterns import Pattern, check_widths
+from .patterns import check_widths
 from .pruners.base import PruneConfig
 
 BOS_MODES = ("auto", "always", "never")
@@ -26,27 +27,22 @@ def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batc
     `calib` holds the calibration windows as token ids [nsamples, seqlen]. Methods that fine-tune
     (LosaConfig) also need the `tokenizer` for their training text."""
     check_compatible(model, config)
-    return config.apply(model, calib, device=device, batch_size=batch_size, progress=progress,
-                        checkpoint_dir=checkpoint_dir, tokenizer=tokenizer)
+    return methods.run(model, config, calib, device=device, batch_size=batch_size, progress=progress,
+                       checkpoint_dir=checkpoint_dir, tokenizer=tokenizer)
 
 
 def check_compatible(model, config: PruneConfig) -> None:
     """Refuse at once what cannot work: an unsupported architecture, an N:M pattern whose M does not divide
     an operator's width, a method that serves fewer architectures."""
     adapter = get_adapter(model)
-    pattern = getattr(config, "pattern", None)
-    if isinstance(pattern, Pattern):
-        check_widths(pattern, {f"{adapter.layer_prefix(i)}.{name}": op.in_features
-                               for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)})
-    if hasattr(config, "check_model"):  # a method that serves fewer architectures says so
-        config.check_model(model)
+    check_widths(config.pattern, {f"{adapter.layer_prefix(i)}.{name}": op.in_features
+                                  for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)})
+    config.check_model(model)
 
 
 def finetune(model, config, tokenizer, *, device="cpu", progress: bool = True):
     """Fine-tune an already pruned model in place with LoSA's mask-aligned LoRA (a LosaConfig gives the
     rank, α, learning rate, data and token budget) and merge it: the model keeps exactly its zeros."""
-    from .methods.losa.algorithm import finetune_pruned
-
     return finetune_pruned(model, config, tokenizer, device=device, progress=progress)
 
 

@@ -25,13 +25,14 @@ from .data import NAMES, read_text_file
 from .errors import UsageError
 from .export import save_compact, save_sliced
 from .eval import zeroshot
+from .eval.speed import bench, plot
 from .eval.table import results_table
 from .methods.slicegpt.layers import is_sliced, parameter_count
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
                       check_output_file, write_text_atomic, writing)
-from .methods import config_class, method_configs
+from .methods import check_options, config_class, method_configs
 from .pruners import PruneConfig
 from .pruners.base import flag_name
 
@@ -299,8 +300,7 @@ def _log(message: str) -> None:
 
 def cmd_prune(args) -> int:
     config = _method_config(args)
-    if args.checkpoint_dir and not getattr(config, "supports_checkpoint", True):
-        raise UsageError(f"--checkpoint-dir is not supported by --method {config.method}")
+    check_options(config, args.checkpoint_dir)  # what the method supports: one line before any work
     _check_positive(nsamples=args.nsamples, seqlen=args.seqlen, eval_seqlen=args.eval_seqlen,
                     max_eval_segments=args.max_eval_segments, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size, limit=args.limit)
@@ -520,8 +520,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .eval.speed import bench, plot
-
     _check_positive(batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len)
     device = _device(args.device)
     dtype = parse_dtype("float16" if args.dtype == "float32" and device != "cpu" else args.dtype)

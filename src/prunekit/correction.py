@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from . import parallel
-from .engine import (LayerInputs, OperatorResult, PruneResult, _Checkpoint, _StopForward, capture_inputs,
-                     forward_layer)
+from .checkpoints import RunCheckpoint
+from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward, forward_layer
 from .errors import UsageError
-from .models.adapters import get_adapter
 
 
 def input_of(layer: nn.Module, op: nn.Module, hidden: torch.Tensor, kwargs: dict, device) -> torch.Tensor:
@@ -133,49 +132,44 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
 
 
 @torch.no_grad()
-def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu", offload="cpu",
+def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu",
                               batch_size: int = 8, progress: bool = True, checkpoint_dir=None) -> PruneResult:
     """prune_layerwise for configs with `error_correction` (FISTAPruner). With `config.parallel_layers`
     under torchrun, each rank prunes its share of the layers and all ranks end with the whole model."""
-    adapter = get_adapter(model)
     result = PruneResult()
-    layers = adapter.layers()
     inter = config.error_correction == "intra+inter"
-    dist = parallel.Layers.start(config, device, len(layers))
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model) if checkpoint_dir else None
+    streams = {"pruned_in": None}
+    walk = LayerWalk(model, calib_ids, device=device, batch_size=batch_size, progress=progress,
+                     desc=f"{config.method} {config.pattern} {config.error_correction}", checkpoint=checkpoint,
+                     state=lambda: {"pruned_in": streams["pruned_in"],
+                                    "operators": [asdict(op) for op in result.operators],
+                                    "timings": dict(result.timings)})
+    dist = parallel.Layers.start(config, device, len(walk.layers))
     if dist.world > 1 and checkpoint_dir:
         raise UsageError("--checkpoint-dir cannot be combined with --parallel-layers under torchrun")
+    walk.stop = dist.last_layer() + 1
+    if walk.resumed:
+        streams["pruned_in"] = walk.resumed["pruned_in"]
+        result.operators = [OperatorResult(**op) for op in walk.resumed["operators"]]
+        result.timings = walk.resumed["timings"]
+    elif inter:
+        streams["pruned_in"] = walk.hidden.clone()
+    result.timings["calibration"] += walk.capture_seconds
 
-    t0 = time.perf_counter()
-    ckpt = _Checkpoint(checkpoint_dir, config, calib_ids, model) if checkpoint_dir else None
-    start_layer, saved = (ckpt.load(layers, result) if ckpt else (0, None))
-    if saved is None:
-        inputs = capture_inputs(adapter, calib_ids, device, offload, batch_size, progress)
-        dense_in, pruned_in = inputs.hidden, (inputs.hidden.clone() if inter else None)
-    else:
-        inputs = LayerInputs(None, capture_inputs(adapter, calib_ids[:1], device, offload, 1, False).kwargs)
-        dense_in, pruned_in = saved
-    result.timings["calibration"] += time.perf_counter() - t0
-
-    last = dist.last_layer()
-    bar = tqdm(range(start_layer, last + 1), desc=f"{config.method} {config.pattern} {config.error_correction}",
-               disable=not progress, initial=start_layer, total=last + 1, unit="layer")
-    for index in bar:
-        kwargs = inputs.kwargs[index]
-        layer = layers[index].to(device)
+    for index, layer, kwargs in walk:
         t0 = time.perf_counter()
+        pruned_in = streams["pruned_in"]
         if dist.owns(index):
-            ops, prune_s = prune_layer_corrected(layer, adapter, config, dense_in, pruned_in, kwargs, device,
-                                                          batch_size, adapter.layer_prefix(index))
+            ops, prune_s = prune_layer_corrected(layer, walk.adapter, config, walk.hidden, pruned_in, kwargs, device,
+                                                 batch_size, walk.adapter.layer_prefix(index))
             result.operators += ops
             result.timings["pruning"] += prune_s
             if inter:  # the pruned layer's outputs are the next layer's pruned-stream inputs
-                forward_layer(layer, pruned_in, kwargs, device, batch_size, out=pruned_in)
+                walk.forward(layer, kwargs, hidden=pruned_in, out=pruned_in)
         else:  # another rank prunes this layer; here it only carries the dense stream
-            forward_layer(layer, dense_in, kwargs, device, batch_size, out=dense_in)
+            walk.forward(layer, kwargs, out=walk.hidden)
             prune_s = 0.0
-        layers[index] = layer.to(offload)
         result.timings["calibration"] += time.perf_counter() - t0 - prune_s
-        if ckpt:
-            ckpt.save(index, layers[index], (dense_in, pruned_in), result)
-    dist.gather(layers, adapter, result, device)
+    dist.gather(walk.layers, walk.adapter, result, device)
     return result

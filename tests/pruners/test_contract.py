@@ -12,7 +12,7 @@ import torch
 
 from conftest import TEXT, byte_tokenizer, random_windows, run_cli, tiny_llama
 from prunekit import RotPrunerConfig, get_adapter, prune
-from prunekit.engine import prune_layerwise
+from prunekit.layerwise import prune_layerwise
 from prunekit.patterns import max_nonzeros_per_group, select_mask
 from prunekit.pruners import PRUNERS, PruneConfig, ScorePruner
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig
-from prunekit.engine import reconstruction_error
+from prunekit.layerwise import reconstruction_error
 from prunekit.patterns import max_nonzeros_per_group
 
 

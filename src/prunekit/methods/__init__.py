@@ -1,35 +1,82 @@
-"""Every method by name: the per-operator pruners (prunekit.pruners) and the whole-model methods, one folder
-each, split like peft: `config.py` (what the user sets), the math, and how it attaches to a model.
+"""Every method by name, and what each supports: the per-operator pruners (prunekit.pruners, run by the
+layer-wise loop) and the whole-model methods, one folder each, split like peft: `config.py` (what the user
+sets), the math, and how it attaches to a model.
 
-The CLI's --method choices, its flags and `prunekit.prune` all read `method_configs()`.
+`prunekit.prune`, the CLI's --method choices and flags, and the error for an unsupported combination all
+read this registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from ..errors import UsageError
+from ..layerwise import prune_layerwise
 from ..pruners import PRUNERS, PruneConfig
-from ..pruners.wanda_channels import WandaChannelsConfig
+from ..pruners.wanda_channels import WandaChannelsConfig, prune_channels
+from .losa.algorithm import losa as run_losa
 from .losa.config import LosaConfig
+from .rotpruner.attach import rotprune
 from .rotpruner.config import RotPrunerConfig
+from .slicegpt.attach import slicegpt as run_slicegpt
 from .slicegpt.config import RotPrunerStructuredConfig, SliceGPTConfig
 
-WHOLE_MODEL: dict[str, type[PruneConfig]] = {
-    cls.method: cls for cls in (RotPrunerConfig, WandaChannelsConfig, LosaConfig, SliceGPTConfig,
-                                RotPrunerStructuredConfig)
-}
+
+@dataclass(frozen=True)
+class Method:
+    """A method: its config class, the function that runs it — run(model, config, calib, *, device,
+    batch_size, progress, checkpoint_dir[, tokenizer]) -> PruneResult — and what it supports."""
+
+    config: type[PruneConfig]
+    run: Callable
+    checkpoint: bool = True  # --checkpoint-dir: progress saved, a rerun resumes
+    tokenizer: bool = False  # fine-tunes on text, so it needs the tokenizer
+
+
+WHOLE_MODEL: dict[str, Method] = {m.config.method: m for m in (
+    Method(RotPrunerConfig, rotprune),
+    Method(WandaChannelsConfig, prune_channels, checkpoint=False),
+    Method(LosaConfig, run_losa, tokenizer=True),
+    Method(SliceGPTConfig, run_slicegpt),
+    Method(RotPrunerStructuredConfig, run_slicegpt),
+)}
+
+
+def method(name: str) -> Method:
+    """The registered method `name`: a pruner (run layer by layer) or a whole-model method."""
+    if name in PRUNERS:
+        return Method(PRUNERS[name], prune_layerwise)
+    if name in WHOLE_MODEL:
+        return WHOLE_MODEL[name]
+    raise UsageError(f"unknown method {name!r}: choose one of {', '.join(method_configs())}")
 
 
 def method_configs() -> dict[str, type[PruneConfig]]:
     """Every method's config class by name: the pruners first, then the whole-model methods."""
-    return {**PRUNERS, **WHOLE_MODEL}
+    return {**PRUNERS, **{name: m.config for name, m in WHOLE_MODEL.items()}}
 
 
-def config_class(method: str) -> type[PruneConfig]:
-    configs = method_configs()
-    if method not in configs:
-        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(configs)}")
-    return configs[method]
+def config_class(name: str) -> type[PruneConfig]:
+    return method(name).config
 
 
-__all__ = ["LosaConfig", "RotPrunerConfig", "RotPrunerStructuredConfig", "SliceGPTConfig", "WHOLE_MODEL",
-           "WandaChannelsConfig", "config_class", "method_configs"]
+def check_options(config: PruneConfig, checkpoint_dir=None) -> Method:
+    """The method of `config`, or a UsageError naming an option it does not support."""
+    found = method(config.method)
+    if checkpoint_dir and not found.checkpoint:
+        raise UsageError(f"--checkpoint-dir is not supported by --method {config.method}")
+    return found
+
+
+def run(model, config: PruneConfig, calib, *, device="cpu", batch_size: int = 8, progress: bool = True,
+        checkpoint_dir=None, tokenizer=None):
+    """Run `config`'s method on `model` in place; returns its PruneResult."""
+    found = check_options(config, checkpoint_dir)
+    options = {"tokenizer": tokenizer} if found.tokenizer else {}
+    return found.run(model, config, calib, device=device, batch_size=batch_size, progress=progress,
+                     checkpoint_dir=checkpoint_dir, **options)
+
+
+__all__ = ["LosaConfig", "Method", "RotPrunerConfig", "RotPrunerStructuredConfig", "SliceGPTConfig", "WHOLE_MODEL",
+           "WandaChannelsConfig", "check_options", "config_class", "method", "method_configs", "run"]

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import UsageError
+from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 from .gguf_tokenizer import gguf_architecture, write_gemma_tokenizer
 
 DTYPES = {
@@ -153,8 +154,6 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 
 def _load_source(source: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 
     _check_tokenizer_files(source)
     if is_sliced_dir(source):  # SliceGPT / RotPruner-structured: shapes differ from the config's

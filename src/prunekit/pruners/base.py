@@ -42,6 +42,8 @@ class PruneConfig:
     needs_calibration: ClassVar[bool] = True
     #: the engine can give each decoder layer its own sparsity (OWL, LoSA's RMI rates)
     per_layer_sparsity: ClassVar[bool] = True
+    #: the pruner fits W* X* to the dense W X: it runs on prunekit.correction's paired dense/pruned loop
+    paired_inputs: ClassVar[bool] = False
 
     def __post_init__(self):
         self.pattern = self.pattern if isinstance(self.pattern, Pattern) else Pattern.parse(self.pattern)
@@ -57,15 +59,11 @@ class PruneConfig:
         check_numbers(self)
 
     def make_pruner(self, in_features: int, device: torch.device) -> "Pruner":
-        raise NotImplementedError
+        """The Pruner of one group of operators with `in_features` inputs (per-operator pruners only)."""
+        raise NotImplementedError(f"{self.method} is a whole-model method: run it with prunekit.prune")
 
-    def apply(self, model, calib: torch.Tensor, **engine_options):
-        """Prune the whole model in place and return a PruneResult. Per-operator methods run the
-        layer-wise engine; whole-model methods (rotations, fine-tuning) override this."""
-        from ..engine import prune_layerwise
-
-        engine_options.pop("tokenizer", None)  # only methods that fine-tune need it
-        return prune_layerwise(model, self, calib, **engine_options)
+    def check_model(self, model) -> None:
+        """A UsageError, before any work, for a model this method cannot serve (default: any it can load)."""
 
 
 class Pruned(NamedTuple):

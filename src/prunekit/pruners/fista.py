@@ -44,6 +44,7 @@ class FistaConfig(PruneConfig):
 
     method = "fista"
     per_layer_sparsity = False  # its paired dense/pruned loop (prunekit.correction) takes one sparsity
+    paired_inputs = True
     error_correction: str = field(default="intra", metadata={
         "help": "intra (dense layer inputs, pruned earlier operators of the same layer), "
                 "intra+inter (pruned previous layers too) or none (dense inputs everywhere)"})

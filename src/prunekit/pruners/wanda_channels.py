@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..engine import LayerWalk, OperatorResult, PruneResult
 from .base import PruneConfig
 
 
@@ -26,19 +27,12 @@ class WandaChannelsConfig(PruneConfig):
     """`sparsity` = fraction of MLP channels removed (unstructured pattern only)."""
 
     method = "wanda-channels"
-    supports_checkpoint = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.pattern.is_nm:
             raise ValueError(f"--method {self.method} removes whole channels: use --sparsity, not --pattern "
                              f"{self.pattern}")
-
-    def make_pruner(self, in_features, device):
-        raise NotImplementedError("wanda-channels is a whole-model method: use prunekit.prune / config.apply")
-
-    def apply(self, model, calib, *, tokenizer=None, **engine_options):
-        return prune_channels(model, self, calib, **engine_options)
 
 
 def channel_scores(W_in: list[torch.Tensor], x_sq: torch.Tensor, W_out: torch.Tensor,
@@ -63,23 +57,13 @@ def _keep_columns(op: nn.Linear, keep: torch.Tensor) -> None:
 
 @torch.no_grad()
 def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, device="cpu", batch_size: int = 8,
-                   progress: bool = True, checkpoint_dir=None, **_):
-    from tqdm.auto import tqdm
-
-    from ..engine import OperatorResult, PruneResult, capture_inputs, forward_layer
-    from ..errors import UsageError
-    from ..models.adapters import get_adapter
-
-    if checkpoint_dir is not None:
-        raise UsageError(f"--checkpoint-dir is not supported by --method {config.method} (it prunes in one pass)")
-    adapter = get_adapter(model)
-    result = PruneResult()
-    inputs = capture_inputs(adapter, calib, device, "cpu", batch_size, progress)
+                   progress: bool = True, **_) -> PruneResult:
+    walk = LayerWalk(model, calib, device=device, batch_size=batch_size, progress=progress, desc="wanda-channels")
+    adapter, result = walk.adapter, PruneResult()
     size_attr = "ffn_dim" if hasattr(model.config, "ffn_dim") else "intermediate_size"
     total = getattr(model.config, size_attr)
     k = max(1, int(round((1.0 - config.sparsity) * total)))
-    for index, layer in enumerate(tqdm(adapter.layers(), desc="wanda-channels", disable=not progress, leave=False)):
-        layer.to(device)
+    for index, layer, kwargs in walk:
         groups = adapter.linear_groups(layer)
         readers, writer = [op for _, op in groups[2]], groups[3][0][1]
         stats = {}
@@ -92,7 +76,7 @@ def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, d
 
         handles = [readers[0].register_forward_pre_hook(hook("x")), writer.register_forward_pre_hook(hook("z"))]
         try:
-            forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size)
+            walk.forward(layer, kwargs)
         finally:
             for h in handles:
                 h.remove()
@@ -108,8 +92,7 @@ def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, d
         _keep_columns(writer, keep)
         result.operators.append(OperatorResult(f"{adapter.layer_prefix(index)}.{groups[3][0][0]}", shape,
                                                1 - k / total, 0.0, 0.0))
-        forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size, out=inputs.hidden)
-        layer.to("cpu")
+        walk.forward(layer, kwargs, out=walk.hidden)
     setattr(model.config, size_attr, k)
     result.details["wanda-channels"] = {"channels_before": total, "channels_after": k}
     return result

@@ -45,9 +45,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
+from ..models.adapters import get_adapter
 from . import cusparselt_lib, triton_decode
 from .packing import is_24, pack_24, unpack_24
 from .paths import note
+from .timing import cold_timer
 
 #: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id), shared by all
 #: layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
@@ -194,8 +197,6 @@ class SparseLinear24(nn.Module):
 
         The dense product is timed on a weight unpacked for the purpose; the copy is kept only if dense
         wins here or already won for another row count of this layer (module docstring: memory)."""
-        from .timing import cold_timer
-
         candidates, rejected = self._candidates(x2)
         time_cold = cold_timer(x2.device)
         had_dense = self._dense is not None
@@ -329,9 +330,6 @@ def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None, view_
 
 
 def _attention_input_names(model: nn.Module) -> set[str] | None:
-    from ..errors import UsageError
-    from ..models.adapters import get_adapter
-
     try:
         adapter = get_adapter(model)
     except UsageError:

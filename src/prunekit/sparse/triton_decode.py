@@ -17,6 +17,7 @@ import contextlib
 import torch
 
 from .paths import log
+from .timing import copies_past_l2, time_calls
 
 try:
     import triton
@@ -248,7 +249,6 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
          kernel: str = "spmm") -> tuple[dict, float]:
     """Time every launch configuration for this weight shape and row count; remember the best.
     Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row, 16-bit)."""
-    from .timing import copies_past_l2, time_calls
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
     weights = [(values.clone(), meta.clone()) for _ in range(copies_past_l2(values.numel() * values.element_size()))]

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from conftest import random_windows, tiny_llama
 from prunekit import WandaConfig, get_adapter
-from prunekit.engine import prune_layerwise
+from prunekit.layerwise import prune_layerwise
 from prunekit.methods.losa import LosaAdapters, LosaLinear
 
 

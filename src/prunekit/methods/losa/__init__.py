@@ -6,16 +6,9 @@ errors · `schedule.py` the cubic sparsity and rank schedules · `data.py` fine-
 `train.py` the fine-tuning loop · `algorithm.py` the progressive stages.
 """
 
+from .algorithm import LosaResult, losa
 from .config import LosaConfig
 from .layer import LosaLinear
 from .model import LosaAdapters
-
-
-def __getattr__(name):  # the algorithm imports the engine, which imports the pruners: load it on use
-    if name in ("losa", "LosaResult"):
-        from . import algorithm
-
-        return getattr(algorithm, name)
-    raise AttributeError(name)
 
 __all__ = ["LosaAdapters", "LosaConfig", "LosaLinear", "LosaResult", "losa"]

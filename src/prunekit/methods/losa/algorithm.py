@@ -20,7 +20,8 @@ import time
 import torch
 
 from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
-from ...engine import OperatorResult, PruneResult, capture_inputs, forward_layer, prune_layerwise
+from ...engine import LayerWalk, OperatorResult, PruneResult
+from ...layerwise import prune_layerwise
 from ...errors import UsageError
 from ...models.adapters import get_adapter
 from .config import LosaConfig
@@ -63,16 +64,13 @@ def feature_positions(calib: torch.Tensor, windows: int, tokens: int, seed: int)
 
 @torch.no_grad()
 def layer_features(model, calib: torch.Tensor, positions, device, batch_size: int) -> list[torch.Tensor]:
-    """Each decoder layer's output at `positions` [n, dim] (fp32, CPU), one layer on the device at a time."""
-    adapter = get_adapter(model)
+    """Each decoder layer's output at `positions` [n, dim] (fp32, on the offload device)."""
     windows = int(positions[0].max()) + 1
-    inputs = capture_inputs(adapter, calib[:windows], device, "cpu", batch_size, progress=False)
+    walk = LayerWalk(model, calib[:windows], device=device, batch_size=batch_size, progress=False)
     features = []
-    for index, layer in enumerate(adapter.layers()):
-        layer.to(device)
-        forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size, out=inputs.hidden)
-        layer.to("cpu")
-        features.append(inputs.hidden[positions].float().clone())
+    for index, layer, kwargs in walk:
+        walk.forward(layer, kwargs, out=walk.hidden)
+        features.append(walk.hidden[positions].float().clone())
     return features
 
 

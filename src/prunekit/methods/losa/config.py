@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
+from .data import check_spec
 
 ADAPTERS = ("masked", "dense")
 RANK_ERRORS = ("output", "local")
@@ -56,8 +57,6 @@ class LosaConfig(PruneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from .data import check_spec
-
         bases = [name for name, cls in PRUNERS.items() if cls.per_layer_sparsity]  # the RMI rates are per layer
         if self.base_pruner not in bases:
             raise ValueError(f"--base-pruner {self.base_pruner!r}: choose one of {', '.join(bases)}")
@@ -94,8 +93,3 @@ class LosaConfig(PruneConfig):
 
     def base_config(self, sparsity: float) -> PruneConfig:
         return pruner_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern)
-
-    def apply(self, model, calib, *, tokenizer=None, **engine_options):
-        from .algorithm import losa
-
-        return losa(model, self, calib, tokenizer, **engine_options)

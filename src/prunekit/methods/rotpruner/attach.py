@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 
 from ...checkpoints import RunCheckpoint
-from ...engine import PruneResult, prune_layerwise
+from ...engine import PruneResult
+from ...layerwise import prune_layerwise
 from ...models.adapters import get_adapter
 from ...rotation import make_rotation_invariant, orthonormality_error, rotate_model
 from .train import dense_teacher, learn_rotation
 
 
 def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: int = 8, progress: bool = True,
-             checkpoint_dir=None, **engine_options) -> PruneResult:
+             checkpoint_dir=None) -> PruneResult:
     """RotPruner on `model` in place; `calib` [nsamples, seqlen] token windows. With `checkpoint_dir`,
     the learned Q is saved there (`rotation.pt`) and reused by a rerun of the same run (prunekit.checkpoints);
     the base pruner's pass then resumes layer by layer from `checkpoint_dir/base`."""
@@ -50,7 +51,7 @@ def rotprune(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
 
     engine_dir = Path(checkpoint_dir) / "base" if checkpoint_dir else None
     result = prune_layerwise(model, base, calib, device=device, batch_size=batch_size, progress=progress,
-                             checkpoint_dir=engine_dir, **engine_options)
+                             checkpoint_dir=engine_dir)
     result.timings["rotation"] = rotation_seconds
     result.details["rotpruner"] = {
         "base_pruner": config.base_pruner,

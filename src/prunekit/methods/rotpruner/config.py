@@ -74,15 +74,6 @@ class RotPrunerConfig(PruneConfig):
         shared = {f.name for f in fields(cls)} & {f.name for f in fields(self)} - {"sparsity", "pattern"}
         return cls(sparsity=self.sparsity, pattern=self.pattern, **{n: getattr(self, n) for n in shared}, **options)
 
-    def make_pruner(self, in_features, device):
-        raise NotImplementedError("RotPruner is a whole-model method: use prunekit.prune / RotPrunerConfig.apply")
-
-    def apply(self, model, calib, *, tokenizer=None, **engine_options):
-        """Make `model` rotation-invariant, learn Q, fuse it, prune with the base pruner (in place)."""
-        from .attach import rotprune
-
-        return rotprune(model, self, calib, **engine_options)
-
 
 def _one_of(flag: str, value: str, choices) -> None:
     if value not in choices:

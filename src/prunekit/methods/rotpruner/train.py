@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...engine import capture_inputs, forward_layer
+from ...engine import OFFLOAD, LayerWalk, on_device
 from ...models.adapters import Adapter
 from ...rotation import ResidualStream, RotatedForward, Rotation, make_optimizer, orthonormality_error
 from ...pruners.base import PruneConfig, Pruner
@@ -108,12 +108,11 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
     """One layer-by-layer pass of the dense rotation-invariant model over `windows`: G = Σ xᵀx of each
     operator group's inputs (a `base` pruner per group), and the final-norm output z. Only one layer sits
     on the device at a time."""
-    inputs = capture_inputs(adapter, windows, device, "cpu", batch_size, progress)
+    walk = LayerWalk(adapter.model, windows, device=device, batch_size=batch_size, progress=progress,
+                     desc="dense statistics")
     readers = set(stream.readers)
     groups: list[GroupStats] = []
-    for index, layer in enumerate(tqdm(adapter.layers(), desc="dense statistics", disable=not progress,
-                                       leave=False)):
-        layer.to(device)
+    for index, layer, kwargs in walk:
         prefix = adapter.layer_prefix(index)
         ops = adapter.linear_groups(layer)
         grams = [None] * len(ops)
@@ -126,11 +125,10 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
                     grams[g] = x.t() @ x if grams[g] is None else grams[g].addmm_(x.t(), x)
                 handles.append(group[0][1].register_forward_pre_hook(hook))
         try:
-            forward_layer(layer, inputs.hidden, inputs.kwargs[index], device, batch_size, out=inputs.hidden)
+            walk.forward(layer, kwargs, out=walk.hidden)
         finally:
             for h in handles:
                 h.remove()
-        layer.to("cpu")
         for g, group in enumerate(ops):
             names = tuple(f"{prefix}.{name}" for name, _ in group)
             rotates = names[0] in readers
@@ -138,9 +136,8 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
             if G is not None and not rotates:
                 pruners[g].load_gram(G)
             groups.append(GroupStats(names, rotates, G if rotates else None, pruners[g]))
-    norm = adapter.model.get_submodule(adapter.final_norm_path).to(device)
-    z = torch.cat([norm(h.to(device)).to("cpu") for h in inputs.hidden.split(batch_size)])
-    norm.to("cpu")
+    with on_device(adapter.model.get_submodule(adapter.final_norm_path), device, walk.offload) as norm:
+        z = torch.cat([norm(h.to(device)).to(walk.offload) for h in walk.hidden.split(batch_size)])
     return Teacher(groups, z)
 
 
@@ -226,8 +223,8 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
     log.record_peak_memory(device)
     for g in reader_G:
-        g.G = g.G.to("cpu")
-    model.to("cpu")
+        g.G = g.G.to(OFFLOAD)
+    model.to(OFFLOAD)
     return rotation, log
 
 

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from ...checkpoints import RunCheckpoint
-from ...engine import PruneResult
+from ...engine import OFFLOAD, PruneResult
 from ...rotation import make_rotation_invariant, orthonormality_error
 from .layers import (check_sliceable, dense_tensors, is_sliced, load_sliced, parameter_count, restructure,
                      sliced_tensors, tied_scale)
+from .config import RotPrunerStructuredConfig
 from .pca import pca_bases, sliced_width
+from .train import learn_bases
 
 
 @dataclass
@@ -29,7 +31,7 @@ class SlicedResult(PruneResult):
 
 def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: int = 8, progress: bool = True,
              checkpoint_dir=None, **_) -> SlicedResult:
-    """SliceGPT (or RotPruner-structured when `config` has `steps`) on `model` in place. With `checkpoint_dir`,
+    """SliceGPT (or RotPruner-structured: the bases are then learned) on `model` in place. With `checkpoint_dir`,
     the PCA bases and then the learned bases are saved there, and a rerun of the same run starts after the last."""
     check_sliceable(model)
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
@@ -48,9 +50,7 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
     details = {"hidden_size": d, "kept": k, "slicing_target": config.slicing, "slicing_achieved": 1 - k / d,
                "tied_embeddings_kept": g is not None, "shared_layer_basis": shared}
     dense = dense_tensors(model)
-    if hasattr(config, "steps"):
-        from .train import learn_bases
-
+    if isinstance(config, RotPrunerStructuredConfig):
         t1 = time.perf_counter()
         pca = bases
         learned = checkpoint.read("learned_bases.pt") if checkpoint else None
@@ -66,8 +66,8 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
         details["max_distance_from_pca"] = max(float((U.double() - P.double().to(U.device)).norm())
                                                for U, P in zip(bases, pca))  # Frobenius, per basis
     t1 = time.perf_counter()
-    model.to("cpu")
-    bases = [U.detach().to("cpu", torch.float64) for U in bases]
+    model.to(OFFLOAD)
+    bases = [U.detach().to(OFFLOAD, torch.float64) for U in bases]
     if not is_sliced(model):
         restructure(model, [U.shape[1] for U in bases], tied=g is not None, shared=shared)
     load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=g))  # the fusion in float64

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...pruners.base import PruneConfig
 from ...rotation.stiefel import OPTIMIZERS
+from .layers import check_sliceable
 from ..rotpruner.config import SCHEDULES, _one_of, check_training
 
 
@@ -42,18 +43,7 @@ class SliceGPTConfig(PruneConfig):
 
     def check_model(self, model) -> None:
         """A UsageError for architectures slicing does not support (before calibration starts)."""
-        from .layers import check_sliceable
-
         check_sliceable(model)
-
-    def make_pruner(self, in_features, device):
-        raise NotImplementedError(f"{self.method} is a whole-model method: use prunekit.prune / config.apply")
-
-    def apply(self, model, calib, *, tokenizer=None, **engine_options):
-        """Rotate and slice `model` in place; returns a SlicedResult (parameter counts before/after)."""
-        from .attach import slicegpt
-
-        return slicegpt(model, self, calib, **engine_options)
 
 
 @dataclass

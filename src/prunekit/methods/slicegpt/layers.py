@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...engine import OFFLOAD
 from ...errors import UsageError
 from ...models.adapters import LlamaAdapter, get_adapter
 from . import fused_norm
@@ -183,7 +184,7 @@ def dense_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for i in range(len(adapter.layers())):
         p = adapter.layer_prefix(i)
         names |= {f"{p}.{op}.{kind}" for op in READERS + WRITERS for kind in ("weight", "bias")}
-    return {name: t.detach().to("cpu").clone() for name, t in model.named_parameters() if name in names}
+    return {name: t.detach().to(OFFLOAD).clone() for name, t in model.named_parameters() if name in names}
 
 
 READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
-from ...engine import capture_inputs
-from ...models.adapters import get_adapter
+from ...engine import LayerWalk
 
 
 def sliced_width(d: int, slicing: float, round_to: int = 1) -> int:
@@ -64,11 +62,10 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
               progress: bool = True, shared: bool = False) -> list[torch.Tensor]:
     """[U_a^0, U_m^0, ..., U_a^L] (float32, d × k) of a rotation-invariant Llama-family model; with `shared`
     (module docstring) U_m^l is the same tensor object as U_a^l."""
-    adapter = get_adapter(model)
     eps = float(getattr(model.config, "rms_norm_eps", 1e-6))
     d = model.config.hidden_size
-    inputs = capture_inputs(adapter, calib, device, "cpu", batch_size, progress)
-    hidden = inputs.hidden  # [n, T, d], projected in place as we go
+    walk = LayerWalk(model, calib, device=device, batch_size=batch_size, progress=progress, desc="SliceGPT PCA")
+    hidden = walk.hidden  # [n, T, d], projected in place as we go
 
     def fit(*signal_lists) -> torch.Tensor:
         cov = _Covariance(d, eps)
@@ -84,17 +81,14 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
     def attention_out(layer, kwargs, h: torch.Tensor) -> torch.Tensor:
         h = h.to(device)
         a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kwargs)
-        return (h + a).cpu()
+        return (h + a).to(walk.offload)
 
-    layers = adapter.layers()
     bases = []
     if not shared:
         bases.append(fit(hidden.split(batch_size)))
         for b in hidden.split(batch_size):
             b.copy_(project(b, bases[0]))
-    for index, layer in enumerate(tqdm(layers, desc="SliceGPT PCA", disable=not progress, leave=False)):
-        layer.to(device)
-        kwargs = inputs.kwargs[index]
+    for index, layer, kwargs in walk:
         if shared:  # U^l from the layer's unprojected input and the MLP input it would give
             U = fit(hidden.split(batch_size), [attention_out(layer, kwargs, b) for b in hidden.split(batch_size)])
             bases.append(U)
@@ -106,9 +100,9 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
         outs = []
         for m in mids:
             m = project(m.to(device), Um)
-            outs.append((m + layer.mlp(layer.post_attention_layernorm(m))).cpu())
+            outs.append((m + layer.mlp(layer.post_attention_layernorm(m))).to(walk.offload))
         del mids
-        last = index == len(layers) - 1
+        last = index == len(walk.layers) - 1
         if shared and not last:  # the next layer fits its basis on its unprojected input
             Un = None
         else:
@@ -118,5 +112,4 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
         for o in outs:
             hidden[start:start + o.shape[0]] = (o if Un is None else project(o, Un)).to(hidden.dtype)
             start += o.shape[0]
-        layer.to("cpu")
     return bases

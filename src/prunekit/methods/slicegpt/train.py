@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ...engine import OFFLOAD
 from ...models.adapters import get_adapter
 from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
 from ..rotpruner.train import TrainingLog, _loss, _mean, lr_schedule, window_batches
@@ -118,5 +119,5 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     log.record_peak_memory(device)
     learned = {i: f.detach().cpu().clone() for i, f in by_slot.items()}
     learned = [learned[i] for i in slot]
-    model.to("cpu")
+    model.to(OFFLOAD)
     return learned, log
