@@ -72,3 +72,35 @@ def test_split_tasks(text_file):
         api.split_tasks(["mmlu"])
     with pytest.raises(UsageError, match="not found"):
         api.split_tasks(["missing/c4.validation.jsonl"])
+
+
+def test_the_library_saves_what_the_cli_saves(tiny_model_dir, text_file, tmp_path, capsys):
+    """prunekit.prune(...).save(dir) writes the same weights and the same report fields as `prunekit prune`;
+    the CLI adds only what it alone knows (data sources, evaluations, environment)."""
+    import json
+
+    from conftest import run_cli
+    from prunekit import SparseGPTConfig, calibration, load_model, prune
+    from prunekit.artifact import PrunedModel
+
+    cli_out, lib_out = tmp_path / "cli", tmp_path / "lib"
+    code, _, err = run_cli(["prune", "--model", tiny_model_dir, "--calib-data", text_file, "--eval-data", "none",
+                            "--nsamples", 4, "--seqlen", 32, "--method", "sparsegpt", "--pattern", "2:4",
+                            "--output", cli_out, "--quiet"], capsys)
+    assert code == 0, err
+    model, tokenizer = load_model(str(tiny_model_dir))
+    calib, _ = calibration(tokenizer, str(text_file), 4, 32, 0, None)
+    result = prune(model, SparseGPTConfig(pattern="2:4"), calib, progress=False)
+    assert isinstance(result, PrunedModel) and result.achieved_sparsity == 0.5  # reads through to the PruneResult
+    result.save(lib_out)
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(cli_out / "model.safetensors"), load_file(lib_out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cli, lib = (json.loads((d / "report.json").read_text()) for d in (cli_out, lib_out))
+    assert set(lib) <= set(cli)
+    for key in ("method", "pattern", "target_sparsity", "achieved_sparsity", "config", "parameters", "saved"):
+        assert lib[key] == cli[key], key
+    assert [op["name"] for op in lib["layers"]] == [op["name"] for op in cli["layers"]]
+    assert lib["calibration"].items() <= cli["calibration"].items()

@@ -10,7 +10,7 @@ import torch
 
 from . import data, methods
 from .methods.losa.algorithm import finetune_pruned
-from .engine import PruneResult
+from .artifact import PrunedModel, pruned_model
 from .errors import UsageError
 from .eval import zeroshot
 from .eval.perplexity import perplexity
@@ -22,13 +22,15 @@ BOS_MODES = ("auto", "always", "never")
 
 
 def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batch_size: int = 8,
-          progress: bool = True, checkpoint_dir=None, tokenizer=None) -> PruneResult:
+          progress: bool = True, checkpoint_dir=None, tokenizer=None) -> PrunedModel:
     """Prune `model` in place: `config` says how (e.g. WandaConfig(sparsity=0.5, pattern="2:4")),
     `calib` holds the calibration windows as token ids [nsamples, seqlen]. Methods that fine-tune
-    (LosaConfig) also need the `tokenizer` for their training text."""
+    (LosaConfig) also need the `tokenizer` for their training text. The result reads like the method's
+    PruneResult and `result.save(directory)` writes the model and report.json as the CLI does."""
     check_compatible(model, config)
-    return methods.run(model, config, calib, device=device, batch_size=batch_size, progress=progress,
-                       checkpoint_dir=checkpoint_dir, tokenizer=tokenizer)
+    return pruned_model(model, config, calib, lambda: methods.run(
+        model, config, calib, device=device, batch_size=batch_size, progress=progress,
+        checkpoint_dir=checkpoint_dir, tokenizer=tokenizer), tokenizer)
 
 
 def check_compatible(model, config: PruneConfig) -> None:

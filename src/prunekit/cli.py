@@ -20,19 +20,18 @@ from pathlib import Path
 import torch
 
 from . import __version__, api, parallel
+from .artifact import check_save_format
 from .checkpoints import check_resumable
 from .data import NAMES, read_text_file
 from .errors import UsageError
-from .export import save_compact, save_sliced
 from .eval import zeroshot
 from .eval.speed import bench, plot
 from .eval.table import results_table
-from .methods.slicegpt.layers import is_sliced, parameter_count
+from .methods import check_options, config_class, method_configs
 from .models.adapters import get_adapter
 from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
                       check_output_file, write_text_atomic, writing)
-from .methods import check_options, config_class, method_configs
 from .pruners import PruneConfig
 from .pruners.base import flag_name
 
@@ -308,8 +307,7 @@ def cmd_prune(args) -> int:
     extra_specs, task_names = api.split_tasks(_eval_specs(args.eval_tasks))
     eval_specs = _eval_specs(args.eval_data) + extra_specs
     _check_data_paths([args.calib_data, *eval_specs])
-    if args.save_format == "compact" and getattr(config, "slicing", None) is not None:
-        raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
+    check_save_format(config, args.save_format)
     check_output_dir(args.output, args.overwrite)
     if args.checkpoint_dir:
         check_checkpoint_dir(args.checkpoint_dir)
@@ -338,81 +336,37 @@ def cmd_prune(args) -> int:
         suite = dict(device=device, batch_size=args.eval_batch_size, bos=bos, limit=args.limit, progress=progress)
         if (sets or tasks) and not args.skip_dense_eval:
             evaluations["dense"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
-        parameters_before = parameter_count(model)
-        t0 = time.perf_counter()
         result = api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=progress,
                            checkpoint_dir=args.checkpoint_dir, tokenizer=tokenizer)
-        prune_seconds = time.perf_counter() - t0
         if sets or tasks:
             evaluations["pruned"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
-        ppl = {column: e["ppl"] for column, e in evaluations.items() if e["ppl"]}
         eval_seconds = sum(sum(e["seconds"].values()) for e in evaluations.values())
         table = results_table(evaluations) if evaluations else ""
-
-        parameters = {"before": parameters_before, "after": parameter_count(model)}
-        structure = _structure(config, parameters)
-        report = {
-            "prunekit_version": __version__,
+        result.write(tmp, args.save_format, hint=_resume_hint(args), report_extra={
             "model": args.model,
-            "method": config.method,
-            "pattern": "structured" if structure else str(config.pattern),
-            "target_sparsity": None if structure else config.sparsity,
-            "achieved_sparsity": None if structure else result.achieved_sparsity,
-            **({"structured": structure} if structure else {}),
-            "config": {**dataclasses.asdict(config), "pattern": str(config.pattern)},
-            "calibration": {"data": calib_text.source, "nsamples": args.nsamples, "seqlen": args.seqlen,
-                            "seed": args.seed, "bos": bos is not None},
+            "calibration": {"data": calib_text.source, "seed": args.seed, "bos": bos is not None},
             "evaluation": _evaluation_settings(args, sets, tasks, bos),
-            "parameters": parameters,
-            "ppl": ppl,
+            "ppl": {column: e["ppl"] for column, e in evaluations.items() if e["ppl"]},
             "zero_shot": {column: e["zero_shot"] for column, e in evaluations.items() if e["zero_shot"]},
             "zero_shot_mean": {column: e["zero_shot_mean"] for column, e in evaluations.items()
                                if e["zero_shot_mean"]},
             "table": table,
-            "timings": {**result.timings, "prune_total": prune_seconds, "eval": eval_seconds},
+            "timings": {"eval": eval_seconds},
             "environment": _environment(device, dtype),
-            "layers": [dataclasses.asdict(op) for op in result.operators],
-        }
-        if getattr(result, "details", None):
-            report["details"] = result.details
-        check_finite_weights(model)
-        with writing(args.output, _resume_hint(args)):
-            if hasattr(result, "before_save") and (extra := result.before_save(model, tmp)):
-                report["saved_extra"] = extra
-            if is_sliced(model):
-                report["saved"] = save_sliced(model, tmp, tokenizer)
-            elif args.save_format == "compact":
-                report["saved"] = {"format": "compact", **save_compact(model, tmp, tokenizer)}
-            else:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                report["saved"] = {"format": "hf"}
-            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        })
 
+    structure, parameters = result.structure, result.parameters
     if structure:
         print(f"{config.method} structured ({structure['removes']} {structure['target']:.4f}) on {args.model}: "
               f"parameters {parameters['before'] / 1e6:.2f} M -> {parameters['after'] / 1e6:.2f} M "
-              f"({structure['parameters_removed']:.2%} removed), pruning took {prune_seconds:.1f} s")
+              f"({structure['parameters_removed']:.2%} removed), pruning took {result.seconds:.1f} s")
     else:
         print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
-              f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {prune_seconds:.1f} s")
+              f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {result.seconds:.1f} s")
     if table:
         print(table)
     print(f"saved to {args.output} (report: {args.output}/report.json)")
     return 0
-
-
-def _structure(config, parameters: dict) -> dict | None:
-    """What a structured method removed (None for a sparse pattern): the slicing fraction of the hidden width
-    (slicegpt, rotpruner-structured) or the fraction of MLP channels (wanda-channels), and the parameters."""
-    if getattr(config, "slicing", None) is not None:
-        removes, target = "slicing", config.slicing
-    elif config.method == "wanda-channels":
-        removes, target = "channels", config.sparsity
-    else:
-        return None
-    removed = 1 - parameters["after"] / parameters["before"] if parameters["before"] else 0.0
-    return {"removes": removes, "target": target, "parameters_removed": removed}
 
 
 def _prune_share(args, config, device, dtype) -> int:

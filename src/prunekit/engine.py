@@ -55,6 +55,11 @@ class PruneResult:
         zeros = sum(op.sparsity * op.shape[0] * op.shape[1] for op in self.operators)
         return zeros / total if total else 0.0
 
+    def before_save(self, model: nn.Module, directory) -> dict | None:
+        """A method's last step before its model is saved into `directory` (e.g. unmerged adapters written
+        beside it); returns what report.json should say about it, or None."""
+        return None
+
 
 @dataclass
 class LayerInputs:
