@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from ...engine import OFFLOAD
 from ...models.adapters import get_adapter
 from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
-from ..rotpruner.train import TrainingLog, _loss, _mean, lr_schedule, window_batches
+from ...rotation.training import TrainingLog, distillation_loss, lr_schedule, mean, window_batches
 from .layers import restructure, sliced_tensors
 
 
 class _DenseHead:
-    """What RotPruner's `_loss` needs: logits of final hidden states in the original basis."""
+    """What `distillation_loss` needs: logits of final hidden states in the original basis."""
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight
@@ -104,7 +104,7 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
             if handle is not None:
                 handle.remove()
         z = out.last_hidden_state if tied else out.last_hidden_state @ U[-1].t()
-        loss, kl, mse = _loss(head, z.float(), z_dense, config)
+        loss, kl, mse = distillation_loss(head, z.float(), z_dense, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step == 0:
@@ -114,7 +114,7 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
 
         log.record_step(step, t1, loss, kl, mse, device, lambda: max(orthonormality_error(f) for f in unique))
         if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{_mean(log.loss[-10:]):.4f}")
+            bar.set_postfix(loss=f"{mean(log.loss[-10:]):.4f}")
 
     log.record_peak_memory(device)
     learned = {i: f.detach().cpu().clone() for i, f in by_slot.items()}
