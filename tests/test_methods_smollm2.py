@@ -48,7 +48,7 @@ CASES = {
                                           train_seqlen=64, rmi_tokens=256, feature_windows=4), 834109214.3926),
     "slicegpt 25%": (lambda: SliceGPTConfig(slicing=0.25), 775366377.0026),
     "rotpruner-structured 25%": (lambda: RotPrunerStructuredConfig(slicing=0.25, **TRAIN), 747814877.7170),
-    "wanda-channels 30%": (lambda: WandaChannelsConfig(sparsity=0.3), 337548404.1290),
+    "wanda-channels 30%": (lambda: WandaChannelsConfig(channels=0.3), 337548404.1290),
 }
 
 

@@ -47,12 +47,10 @@ class PrunedModel:
     def structure(self) -> dict | None:
         """What a structured method removed (None for a sparse pattern): the slicing fraction of the hidden
         width (slicegpt, rotpruner-structured) or the fraction of MLP channels (wanda-channels)."""
-        if getattr(self.config, "slicing", None) is not None:
-            removes, target = "slicing", self.config.slicing
-        elif self.config.method == "wanda-channels":
-            removes, target = "channels", self.config.sparsity
-        else:
+        removes = self.config.removes
+        if removes is None:
             return None
+        target = getattr(self.config, removes)
         before, after = self.parameters["before"], self.parameters["after"]
         return {"removes": removes, "target": target, "parameters_removed": 1 - after / before if before else 0.0}
 
@@ -116,7 +114,7 @@ class PrunedModel:
 def check_save_format(config: PruneConfig, save_format: str) -> None:
     if save_format not in SAVE_FORMATS:
         raise UsageError(f"unknown save format {save_format!r}: choose one of {', '.join(SAVE_FORMATS)}")
-    if save_format == "compact" and getattr(config, "slicing", None) is not None:
+    if save_format == "compact" and config.removes == "slicing":
         raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
 
 

@@ -269,3 +269,12 @@ def test_rotpruner_structured_shared_basis_is_one_frame():
                                        shared_layer_basis=True)
     details = prune(c, config, calib, progress=False).details["rotpruner-structured"]
     assert details["max_orthonormality_error"] < 1e-6 and c.model.layers[0].attn_shortcut is None
+
+
+def test_slicing_is_not_sparsity():
+    """SliceGPT leaves no zeros: its config refuses --sparsity and says so."""
+    from prunekit import SliceGPTConfig
+
+    with pytest.raises(ValueError, match="use --slicing, not --sparsity"):
+        SliceGPTConfig(sparsity=0.3)
+    assert SliceGPTConfig(slicing=0.3).sparsity == 0.0

@@ -23,7 +23,7 @@ def test_channels_removed_and_model_reloads(make_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = make_model()
-    result = prune(model, WandaChannelsConfig(sparsity=0.25), random_windows(4, 32), progress=False)
+    result = prune(model, WandaChannelsConfig(channels=0.25), random_windows(4, 32), progress=False)
     assert result.details["wanda-channels"] == {"channels_before": 128, "channels_after": 96}
     assert abs(result.achieved_sparsity - 0.25) < 1e-9
     ids = random_windows(2, 16, seed=3)
@@ -36,6 +36,10 @@ def test_channels_removed_and_model_reloads(make_model, tmp_path):
     assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in make_model().parameters())
 
 
-def test_nm_pattern_is_refused():
-    with pytest.raises(ValueError, match="whole channels"):
+def test_nm_pattern_and_sparsity_are_refused_naming_channels():
+    """`sparsity` means zeros in pruned operators: a method that removes channels takes --channels."""
+    with pytest.raises(ValueError, match="use --channels, not --pattern 2:4"):
         WandaChannelsConfig(pattern="2:4")
+    with pytest.raises(ValueError, match="use --channels, not --sparsity"):
+        WandaChannelsConfig(sparsity=0.3)
+    assert WandaChannelsConfig(channels=0.3).sparsity == 0.0

@@ -44,9 +44,20 @@ class PruneConfig:
     per_layer_sparsity: ClassVar[bool] = True
     #: the pruner fits W* X* to the dense W X: it runs on prunekit.correction's paired dense/pruned loop
     paired_inputs: ClassVar[bool] = False
+    #: a structured method names the field that says what it removes ("slicing": hidden width, "channels":
+    #: MLP channels); its `sparsity` is then 0.0: it leaves no zeros
+    removes: ClassVar[str | None] = None
 
     def __post_init__(self):
         self.pattern = self.pattern if isinstance(self.pattern, Pattern) else Pattern.parse(self.pattern)
+        if self.removes is not None:
+            if self.sparsity is not None:
+                raise ValueError(f"--method {self.method} removes whole dimensions, it does not zero weights: use "
+                                 f"--{self.removes}, not --sparsity")
+            if self.pattern.is_nm:
+                raise ValueError(f"--method {self.method} removes whole dimensions: use --{self.removes}, not "
+                                 f"--pattern {self.pattern}")
+            self.sparsity = 0.0
         if self.pattern.is_nm:
             implied = self.pattern.sparsity(0.0)
             if self.sparsity is not None and abs(float(self.sparsity) - implied) > 1e-9:

@@ -13,7 +13,7 @@ of the already-pruned earlier layers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -24,15 +24,16 @@ from .base import PruneConfig
 
 @dataclass
 class WandaChannelsConfig(PruneConfig):
-    """`sparsity` = fraction of MLP channels removed (unstructured pattern only)."""
+    """`channels` = fraction of MLP channels removed."""
 
     method = "wanda-channels"
+    removes = "channels"
+    channels: float = field(default=0.5, metadata={"help": "fraction of MLP channels removed, in [0, 1)"})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.pattern.is_nm:
-            raise ValueError(f"--method {self.method} removes whole channels: use --sparsity, not --pattern "
-                             f"{self.pattern}")
+        if not 0 <= self.channels < 1:
+            raise ValueError(f"--channels must lie in [0, 1), got {self.channels}")
 
 
 def channel_scores(W_in: list[torch.Tensor], x_sq: torch.Tensor, W_out: torch.Tensor,
@@ -62,7 +63,7 @@ def prune_channels(model, config: WandaChannelsConfig, calib: torch.Tensor, *, d
     adapter, result = walk.adapter, PruneResult()
     size_attr = "ffn_dim" if hasattr(model.config, "ffn_dim") else "intermediate_size"
     total = getattr(model.config, size_attr)
-    k = max(1, int(round((1.0 - config.sparsity) * total)))
+    k = max(1, int(round((1.0 - config.channels) * total)))
     for index, layer, kwargs in walk:
         groups = adapter.linear_groups(layer)
         readers, writer = [op for _, op in groups[2]], groups[3][0][1]

@@ -17,9 +17,10 @@ class SliceGPTConfig(PruneConfig):
     principal directions of its calibration signal (sequentially, through the already-sliced blocks) and
     delete the `slicing` fraction of directions of least energy. Embeddings, every operator that reads or
     writes the residual stream and the head shrink; consecutive bases are joined by shortcut matrices.
-    `sparsity` is ignored (set to `slicing` for the report); the pattern must be unstructured."""
+    It leaves no zeros (`sparsity` 0.0); the report gives the parameters removed."""
 
     method = "slicegpt"
+    removes = "slicing"
     slicing: float = field(default=0.25, metadata={"help": "fraction of the hidden dimension removed, in [0, 1)"})
     round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
     keep_tied: bool = field(default=True, metadata={
@@ -32,14 +33,10 @@ class SliceGPTConfig(PruneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.pattern.is_nm:
-            raise ValueError(f"--method {self.method} removes whole dimensions: use --slicing, not --pattern "
-                             f"{self.pattern}")
         if not 0 <= self.slicing < 1:
             raise ValueError(f"--slicing must lie in [0, 1), got {self.slicing}")
         if self.round_to <= 0:
             raise ValueError(f"--round-to must be a positive integer, got {self.round_to}")
-        self.sparsity = float(self.slicing)
 
     def check_model(self, model) -> None:
         """A UsageError for architectures slicing does not support (before calibration starts)."""
