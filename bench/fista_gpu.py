@@ -81,7 +81,7 @@ def operator_rows(sizes, tokens: int, device, fista_options: dict) -> list[dict]
 
 def model_rows(model_name: str, data: Path, device, fista_options: dict, patterns=("unstructured", "2:4"),
                nsamples: int = 128) -> list[dict]:
-    from parity import protocol_q
+    from protocol import protocol_q
 
     dense, tokenizer = load_model(model_name)
     calib, _ = protocol_q(tokenizer, data)

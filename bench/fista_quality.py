@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 
 from environment import machine, precision  # noqa: E402  (bench/environment.py)
-from parity import protocol_q, wiki_ppl  # noqa: E402
+from protocol import protocol_q, wiki_ppl  # noqa: E402
 from prunekit import load_model, prune  # noqa: E402
 from prunekit.pruners import PRUNERS as CONFIGS  # noqa: E402
 

@@ -32,6 +32,7 @@ from prunekit import api
 from prunekit.methods import config_class
 
 from environment import environment  # bench/environment.py
+from protocol import protocol_q  # bench/protocol.py
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
@@ -103,7 +104,7 @@ def run_variant(variant, pattern, args, calib, sets):
     model.to(args.device)  # the engine leaves pruned layers on the CPU
     ppl, eval_seconds = api.evaluate(model, sets, args.device, 1, None, False)
     details = getattr(result, "details", {})
-    row = {"variant": variant, "pattern": pattern, "ppl": ppl["wiki.test"], "achieved_sparsity": result.achieved_sparsity,
+    row = {"variant": variant, "pattern": pattern, "ppl": ppl["wikitext2"], "achieved_sparsity": result.achieved_sparsity,
            "seconds": seconds, "eval_seconds": eval_seconds, "peak_mb": peak_mb(args.device),
            "mask_check": details.get("mask_check"), "unmerged": variant == "dense-lora",
            "stages": [{k: s[k] for k in ("stage", "sparsity", "seconds_rmi", "seconds_prune", "peak_memory_mb", "ranks", "recon_error")}
@@ -155,8 +156,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = args.tf32  # set either way: never inherit a silent default
     env = environment(args.device, args.dtype)
     model, tokenizer = prunekit.load_model(args.model, args.dtype, args.device)
-    calib, _ = api.calibration(tokenizer, str(data / "wikitext2" / "wiki.valid.tokens"), args.nsamples, 512, 0)
-    sets = api.evaluation_sets(tokenizer, [str(data / "wikitext2" / "wiki.test.raw")], 1024, args.eval_segments)
+    calib, sets = protocol_q(tokenizer, data, args.nsamples, args.eval_segments)
     previous = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
     before = previous.get("environment", {}).get("precision", previous.get("precision", {})).get("fp32_matmul")
     if before is not None and before != env["precision"]["fp32_matmul"]:
@@ -165,7 +165,7 @@ def main():
     rows = previous.get("rows", [])
     dense_ppl = previous.get("dense_ppl")
     if args.dense_eval and dense_ppl is None:
-        dense_ppl = api.evaluate(model, sets, args.device, 1, None, False)[0]["wiki.test"]
+        dense_ppl = api.evaluate(model, sets, args.device, 1, None, False)[0]["wikitext2"]
     del model
     done = {(r["pattern"], r["variant"]) for r in rows}
     for pattern in args.patterns.split(","):

@@ -35,30 +35,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 
 from prunekit import SparseGPTConfig, WandaConfig, bos_id, evaluate, load_model, prune  # noqa: E402
-from prunekit.data import calibration_windows, evaluation_windows, read_text_file, tokenize  # noqa: E402
+from protocol import protocol_q  # noqa: E402  (bench/protocol.py)
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt:unstructured", "sparsegpt:2:4"]
 CONFIGS = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
-
-
-def protocol_q(tokenizer, data_dir: Path, nsamples: int = 128, eval_windows: int = 40, bos: int | None = None):
-    """Protocol Q's calibration windows (nsamples × 512 of wiki.valid.tokens, seed 0) and its evaluation set
-    (the first eval_windows × 1024 tokens of wiki.test.raw), as {"wikitext2": (windows, None)}. With `bos`
-    every window starts with that id (followed by 511 resp. 1023 text tokens)."""
-    calib_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.valid.tokens"))
-    eval_ids = tokenize(tokenizer, read_text_file(data_dir / "wikitext2" / "wiki.test.raw"))
-    calib = calibration_windows(calib_ids, nsamples, 512, seed=0, bos_id=bos)
-    windows = evaluation_windows(eval_ids, 1024, eval_windows, bos_id=bos)
-    return calib, {"wikitext2": (windows, None)}
-
-
-def wiki_ppl(model, sets, device: str, bos: int | None = None) -> float:
-    """Protocol Q perplexity with the whole model on `device` (pruning keeps it on the CPU)."""
-    model.to(device)
-    try:
-        return evaluate(model, sets, device=device, bos=bos, progress=False)[0]["wikitext2"]
-    finally:
-        model.to("cpu")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, defaults, names) -> None:

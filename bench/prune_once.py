@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = parser.parse_args()
 
-    from parity import CONFIGS, protocol_q
+    from protocol import protocol_q
+    from parity import CONFIGS
     from prunekit import load_model, prune
 
     model, tokenizer = load_model("smollm2-135m")

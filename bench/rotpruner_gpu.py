@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerConfig, load_model, prune  # noqa: E402
-from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
+from protocol import protocol_q, wiki_ppl  # noqa: E402
+from parity import add_config_flags, config_overrides  # noqa: E402
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt-noupdate:unstructured", "sparsegpt-noupdate:2:4",
          "magnitude:unstructured", "magnitude:2:4"]

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from environment import environment, precision  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
-from parity import add_config_flags, config_overrides, protocol_q, wiki_ppl  # noqa: E402
+from protocol import protocol_q, wiki_ppl  # noqa: E402
+from parity import add_config_flags, config_overrides  # noqa: E402
 from slicegpt_speed import fuse_norms, measure  # noqa: E402
 
 TUNABLE = ("steps", "lr", "optimizer", "momentum", "schedule", "train_samples", "train_seqlen", "train_batch",

@@ -23,6 +23,7 @@ from environment import environment  # bench/environment.py
 from prunekit.eval.speed import compare_linear, measure_model, random_24_linear, random_llama
 from prunekit.patterns import keep_n_of_m
 from prunekit.sparse import cusparselt_lib, triton_decode
+from prunekit.models.adapters import attention_inputs
 from prunekit.sparse.linear import PLAN_TIMINGS, PLANS, SparseLinear24, convertible_shapes, sparsify
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
@@ -195,7 +196,7 @@ def main():
             prune_24_(model)
             dense = measure_model(model, e["batch"], e["prompt_len"])
             dense["weights_mb"] = weight_mb(model)
-            e["replaced_rounds"].append(sparsify(model, shapes, view_outputs=not e["contiguous_output"]))
+            e["replaced_rounds"].append(sparsify(model, shapes, None if e["contiguous_output"] else attention_inputs(model)))
             sparse = measure_model(model, e["batch"], e["prompt_len"])
             sparse["weights_mb"] = weight_mb(model)
             e["dense_rounds"].append(dense)

@@ -2,21 +2,22 @@
 
     model, tokenizer = prunekit.load_model("smollm2-135m")
     result = prunekit.prune(model, prunekit.WandaConfig(sparsity=0.5, pattern="2:4"), calib=windows)
+    result.save("runs/wanda24")
 """
 
-__version__ = "0.1.0"
-
-from .api import bos_id, calibration, evaluate, evaluation_sets, finetune, prune  # noqa: E402
-from .engine import PruneResult  # noqa: E402
-from .errors import UsageError  # noqa: E402
-from .models import get_adapter, load_model  # noqa: E402
-from .patterns import Pattern  # noqa: E402
-from .methods import (LosaConfig, RotPrunerConfig, RotPrunerStructuredConfig, SliceGPTConfig,  # noqa: E402
-                      WandaChannelsConfig)
-from .pruners import FistaConfig, MagnitudeConfig, PruneConfig, RIAConfig, SparseGPTConfig, WandaConfig  # noqa: E402
+from .api import bos_id, calibration, evaluate, evaluation_sets, finetune, prune
+from .engine import PruneResult
+from .errors import UsageError
+from .load import load_model
+from .methods import LosaConfig, RotPrunerConfig, RotPrunerStructuredConfig, SliceGPTConfig, WandaChannelsConfig
+from .models import get_adapter
+from .patterns import Pattern
+from .pruners import FistaConfig, MagnitudeConfig, PruneConfig, RIAConfig, SparseGPTConfig, WandaConfig
+from .version import __version__
 
 __all__ = [
     "FistaConfig", "LosaConfig", "MagnitudeConfig", "Pattern", "PruneConfig", "PruneResult", "RIAConfig", "RotPrunerConfig",
     "RotPrunerStructuredConfig", "SliceGPTConfig", "SparseGPTConfig", "UsageError", "WandaChannelsConfig", "WandaConfig",
-    "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune", "get_adapter", "load_model", "prune",
+    "__version__", "bos_id", "calibration", "evaluate", "evaluation_sets", "finetune", "get_adapter", "load_model",
+    "prune",
 ]

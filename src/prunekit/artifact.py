@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import __version__
 from .engine import PruneResult
 from .errors import UsageError
 from .export import save_compact, save_sliced
 from .methods.slicegpt.layers import is_sliced, parameter_count
 from .outputs import atomic_output_dir, check_finite_weights, check_output_dir, writing
 from .pruners.base import PruneConfig
+from .version import __version__
 
 SAVE_FORMATS = ("hf", "compact")
 

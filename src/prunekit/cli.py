@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, api, parallel
+from . import api, parallel
 from .artifact import check_save_format
 from .checkpoints import check_resumable
 from .data import NAMES, read_text_file
@@ -29,11 +29,13 @@ from .eval.speed import bench, plot
 from .eval.table import results_table
 from .methods import check_options, config_class, method_configs
 from .models.adapters import get_adapter
-from .models.loading import EMBEDDED_MODELS, load_model, parse_dtype
+from .load import load_model
+from .models.loading import EMBEDDED_MODELS, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
                       check_output_file, write_text_atomic, writing)
 from .pruners import PruneConfig
 from .pruners.base import flag_name
+from .version import __version__
 
 DEFAULT_MODEL = "smollm2-135m"
 WINDOW_DEFAULTS = {"seqlen": 512, "eval_seqlen": 1024}

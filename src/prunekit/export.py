@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .methods.slicegpt.layers import restructure
 from .sparse.linear import SparseLinear24, kernel_paths
 from .sparse.packing import is_24, nonzero_bits, pack_24, pack_bitmask, unpack_24, unpack_bitmask
 
@@ -182,8 +183,6 @@ def load_sliced_dir(directory: str | Path, dtype: torch.dtype | None = None) -> 
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
-
-    from .methods.slicegpt.layers import restructure
 
     directory = Path(directory)
     config = AutoConfig.from_pretrained(directory)

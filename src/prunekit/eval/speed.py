@@ -10,8 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..models.adapters import attention_inputs
 from ..patterns import keep_n_of_m
-from ..sparse.linear import SparseLinear24
+from ..sparse.linear import SparseLinear24, convertible_shapes, kernel_paths, sparsify
+from ..sparse.packing import is_24
+from ..sparse.paths import path_counts
 from ..sparse.timing import copies_past_l2, graph, median_ms, time_calls
 
 def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, device="cuda") -> nn.Linear:
@@ -118,8 +121,6 @@ def random_llama(hidden: int = 4096, intermediate: int = 11008, layers: int = 4,
 
 def linear_shapes(model) -> list[tuple[int, int]]:
     """Distinct (out, in) shapes of the model's 2:4 linear weights."""
-    from ..sparse.packing import is_24
-
     shapes = set()
     for module in model.modules():
         if isinstance(module, SparseLinear24):
@@ -135,8 +136,6 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
     "kernel_paths" lists, per SparseLinear24 of the measured model, each row count's path and why
     ({name: {label: [path, reason]}}, see prunekit.sparse.paths) and "kernel_path_counts" how many chose
     each path; a model without SparseLinear24 layers (CPU, dense) reports both empty."""
-    from ..sparse.linear import convertible_shapes, kernel_paths, sparsify
-    from ..sparse.paths import path_counts
 
     device = next(model.parameters()).device
     shapes = linear_shapes(model)
@@ -150,7 +149,7 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
         convert = convertible_shapes(report["linear"])
         report["dense"] = measure_model(model, batch, prompt_len, gen_len)
         report["converted_shapes"] = sorted(convert)
-        report["layers_converted"] = sparsify(model, convert)
+        report["layers_converted"] = sparsify(model, convert, attention_inputs(model))
         report["sparse"] = measure_model(model, batch, prompt_len, gen_len)
     report["kernel_paths"] = kernel_paths(model)
     report["kernel_path_counts"] = path_counts(report["kernel_paths"])

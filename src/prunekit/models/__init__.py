@@ -1,6 +1,6 @@
 """Loading models and describing their architecture."""
 
 from .adapters import Adapter, get_adapter, supported_model_types
-from .loading import EMBEDDED_MODELS, load_model
+from .loading import EMBEDDED_MODELS
 
-__all__ = ["Adapter", "EMBEDDED_MODELS", "get_adapter", "load_model", "supported_model_types"]
+__all__ = ["Adapter", "EMBEDDED_MODELS", "get_adapter", "supported_model_types"]

@@ -114,6 +114,16 @@ class Gemma3Adapter(LlamaAdapter):
 ADAPTERS: list[type[Adapter]] = [LlamaAdapter, Gemma3Adapter, OPTAdapter]
 
 
+def attention_inputs(model: nn.Module) -> set[str] | None:
+    """Names of the operators whose outputs feed attention (each layer's first group: q/k/v), or None for an
+    architecture without an adapter."""
+    try:
+        adapter = get_adapter(model)
+    except UsageError:
+        return None
+    return {f"{adapter.layer_prefix(i)}.{path}" for i in range(len(adapter.layers())) for path in adapter.groups[0]}
+
+
 def supported_model_types() -> list[str]:
     return sorted(t for cls in ADAPTERS for t in cls.model_types)
 

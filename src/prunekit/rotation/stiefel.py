@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import UsageError
+
 OPTIMIZERS = ("cayley-sgd", "cayley-adam")
 
 
@@ -29,8 +31,6 @@ def _geoopt():
     try:
         import geoopt
     except ImportError as err:  # pragma: no cover - the dependency is declared in pyproject.toml
-        from ..errors import UsageError
-
         raise UsageError(f"rotation learning needs geoopt ({err}): pip install geoopt") from err
     return geoopt
 

@@ -45,12 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UsageError
-from ..models.adapters import get_adapter
-from . import cusparselt_lib, triton_decode
+from . import cusparselt_lib, timing, triton_decode
 from .packing import is_24, pack_24, unpack_24
 from .paths import note
-from .timing import cold_timer
 
 #: (out, in, rows, dtype, input contiguous, output copied) → (path, cuSPARSELt algorithm id), shared by all
 #: layers of that shape; PLAN_TIMINGS keeps every candidate's graphed milliseconds
@@ -198,7 +195,7 @@ class SparseLinear24(nn.Module):
         The dense product is timed on a weight unpacked for the purpose; the copy is kept only if dense
         wins here or already won for another row count of this layer (module docstring: memory)."""
         candidates, rejected = self._candidates(x2)
-        time_cold = cold_timer(x2.device)
+        time_cold = timing.cold_timer(x2.device)
         had_dense = self._dense is not None
         if not had_dense:
             self._dense = self.dense_weight()
@@ -305,14 +302,14 @@ def convertible_shapes(timings: list[dict], tolerance: float = 0.03) -> set[tupl
     return {shape for shape, ok in verdict.items() if ok}
 
 
-def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None, view_outputs: bool = True) -> int:
+def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None,
+             attention_inputs: set[str] | None = None) -> int:
     """Replace every nn.Linear whose weight is 2:4 (and, if given, whose shape is in `shapes`) by a
     SparseLinear24, in place; returns how many were replaced.
 
-    With `view_outputs`, layers whose output only feeds elementwise ops or another linear layer return
-    the transposed view; the layers that feed attention (the adapter's first operator group: q/k/v)
-    return contiguous outputs. Without an adapter for the model every output is contiguous."""
-    attention_inputs = _attention_input_names(model) if view_outputs else None
+    With `attention_inputs` (module names: the layers that feed attention, prunekit.models.attention_inputs),
+    those layers return contiguous outputs and every other layer, whose output only feeds elementwise ops or
+    another linear layer, the transposed view; without it every output is contiguous."""
     replaced = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -327,11 +324,3 @@ def sparsify(model: nn.Module, shapes: set[tuple[int, int]] | None = None, view_
             setattr(module, child_name, sparse)
             replaced += 1
     return replaced
-
-
-def _attention_input_names(model: nn.Module) -> set[str] | None:
-    try:
-        adapter = get_adapter(model)
-    except UsageError:
-        return None
-    return {f"{adapter.layer_prefix(i)}.{path}" for i in range(len(adapter.layers())) for path in adapter.groups[0]}

@@ -17,7 +17,7 @@ import contextlib
 import torch
 
 from .paths import log
-from .timing import copies_past_l2, time_calls
+from . import timing
 
 try:
     import triton
@@ -251,7 +251,7 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row, 16-bit)."""
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
-    weights = [(values.clone(), meta.clone()) for _ in range(copies_past_l2(values.numel() * values.element_size()))]
+    weights = [(values.clone(), meta.clone()) for _ in range(timing.copies_past_l2(values.numel() * values.element_size()))]
     g = torch.Generator(device=values.device).manual_seed(0)  # leaves the global random state alone
     x = torch.randn(rows, 2 * values.shape[1], dtype=values.dtype, device=values.device, generator=g)
     fn = gemv24 if kernel == "gemv" else spmm24
@@ -261,7 +261,7 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     for cfg in configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS):
         calls = [lambda v=v, m=m, cfg=cfg: fn(x, v, m, config=cfg) for v, m in weights]
         try:
-            timings.append((time_calls(calls, repeats=10), cfg))
+            timings.append((timing.time_calls(calls, repeats=10), cfg))
         except Exception as e:  # a configuration the compiler rejects (e.g. out of shared memory) is skipped
             rejected += 1
             last = f"{cfg}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
