@@ -25,3 +25,12 @@ def test_readme_install_gives_the_test_command_what_it_needs():
     """The test command's line installs the test extras first (pytest is not a dependency of prunekit)."""
     test_line = next(c for c in readme_commands() if "pytest" in c)
     assert test_line.index('pip install -e ".[test') < test_line.index("python -m pytest")
+
+
+def test_readme_method_table_is_the_registry():
+    """Every registered method has its row in README, from its config's `summary` and `paper`, in registry
+    order (a new method documents itself; a changed summary updates README or fails here)."""
+    from prunekit.methods import method_table
+
+    assert method_table() in (ROOT / "README.md").read_text(), "README's method table differs from " \
+        "prunekit.methods.method_table(): paste its output into README"

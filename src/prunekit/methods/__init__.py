@@ -36,10 +36,10 @@ class Method:
 
 WHOLE_MODEL: dict[str, Method] = {m.config.method: m for m in (
     Method(RotPrunerConfig, rotprune),
-    Method(WandaChannelsConfig, prune_channels, checkpoint=False),
     Method(LosaConfig, run_losa, tokenizer=True),
     Method(SliceGPTConfig, run_slicegpt),
     Method(RotPrunerStructuredConfig, run_slicegpt),
+    Method(WandaChannelsConfig, prune_channels, checkpoint=False),
 )}
 
 
@@ -55,6 +55,15 @@ def method(name: str) -> Method:
 def method_configs() -> dict[str, type[PruneConfig]]:
     """Every method's config class by name: the pruners first, then the whole-model methods."""
     return {**PRUNERS, **{name: m.config for name, m in WHOLE_MODEL.items()}}
+
+
+def method_table() -> str:
+    """README's method table: one row per registered method, from its config's `summary` and `paper`."""
+    rows = ["| method | what it does | paper |", "|---|---|---|"]
+    for name, cls in method_configs().items():
+        cells = [f"`{name}`", cls.summary, cls.paper or "—"]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows)
 
 
 def config_class(name: str) -> type[PruneConfig]:

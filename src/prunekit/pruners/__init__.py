@@ -16,7 +16,7 @@ from .sparsegpt import SparseGPTConfig
 from .wanda import WandaConfig
 
 PRUNERS: dict[str, type[PruneConfig]] = {
-    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, FistaConfig, RIAConfig)
+    cls.method: cls for cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig, RIAConfig, FistaConfig)
 }
 
 

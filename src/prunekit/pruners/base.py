@@ -39,6 +39,8 @@ class PruneConfig:
     sparsity: float | None = None
     pattern: Pattern | str = "unstructured"
     method: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what it does, in one line (README's method table is made of these)
+    paper: ClassVar[str] = ""  # where it comes from ("—" for a folk baseline)
     needs_calibration: ClassVar[bool] = True
     #: the engine can give each decoder layer its own sparsity (OWL, LoSA's RMI rates)
     per_layer_sparsity: ClassVar[bool] = True

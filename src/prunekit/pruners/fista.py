@@ -43,6 +43,11 @@ class FistaConfig(PruneConfig):
     """FISTAPruner's options; the defaults are the settings measured in BENCHMARKS.md."""
 
     method = "fista"
+    summary = (
+        'per operator, LASSO ½‖W*X* − WX‖² + λ‖·‖₁ solved by FISTA, λ searched for the target sparsity, then '
+        'the mask and a least-squares refit; intra-layer error correction'
+    )
+    paper = 'Zhao et al., 2024 (FISTAPruner)'
     per_layer_sparsity = False  # its paired dense/pruned loop (prunekit.correction) takes one sparsity
     paired_inputs = True
     error_correction: str = field(default="intra", metadata={

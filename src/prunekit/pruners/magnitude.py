@@ -12,6 +12,8 @@ from .base import PruneConfig, ScorePruner
 @dataclass
 class MagnitudeConfig(PruneConfig):
     method = "magnitude"
+    summary = 'drop the smallest |W| of each matrix'
+    paper = '—'
     needs_calibration = False
 
     def make_pruner(self, in_features, device):

@@ -13,6 +13,8 @@ from .base import PruneConfig, ScorePruner
 @dataclass
 class RIAConfig(PruneConfig):
     method = "ria"
+    summary = 'drop the smallest (|W_ij|/Σ_row + |W_ij|/Σ_column)·‖X_j‖^a of each output row (`--power` a = 0.5)'
+    paper = 'Zhang et al., ICLR 2024 (RIA)'
     power: float = field(default=0.5, metadata={"help": "exponent a of the input norm ‖X_j‖^a (the paper's 0.5)",
                                                  "min": 0.0})
 

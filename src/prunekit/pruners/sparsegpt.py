@@ -16,6 +16,8 @@ class SparseGPTConfig(PruneConfig):
     """`update=False` keeps SparseGPT's mask rule but skips the weight reconstruction."""
 
     method = "sparsegpt"
+    summary = 'OBS mask selection and column-wise weight reconstruction (`--no-update`: mask only)'
+    paper = 'Frantar & Alistarh, 2023'
     blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates", "min": 1})
     percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal",
                                                      "above": 0.0})

@@ -12,6 +12,8 @@ from .base import PruneConfig, ScorePruner
 @dataclass
 class WandaConfig(PruneConfig):
     method = "wanda"
+    summary = 'drop the smallest |W_ij|·‖X_j‖ of each output row'
+    paper = 'Sun et al., 2024'
 
     def make_pruner(self, in_features, device):
         return WandaPruner(self, in_features, device)

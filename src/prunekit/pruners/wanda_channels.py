@@ -27,6 +27,11 @@ class WandaChannelsConfig(PruneConfig):
     """`channels` = fraction of MLP channels removed."""
 
     method = "wanda-channels"
+    summary = (
+        'structured: remove the `--channels` fraction of MLP channels by summed |W|·‖X‖; a plain smaller '
+        'model'
+    )
+    paper = "Wanda's score, channel-wise"
     removes = "channels"
     channels: float = field(default=0.5, metadata={"help": "fraction of MLP channels removed, in [0, 1)"})
 

@@ -23,6 +23,12 @@ class LosaConfig(PruneConfig):
     """
 
     method: ClassVar[str] = "losa"
+    summary = (
+        "progressive pruning (cubic schedule) with LoRA updates masked by the weights' zeros, merged after "
+        'each stage; layer sparsity from representation mutual information, LoRA ranks from reconstruction '
+        'error'
+    )
+    paper = 'Huang et al., 2025 (LoSA)'
 
     base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage: any pruner that takes per-layer sparsities (all but fista)"})
     stages: int = field(default=5, metadata={"help": "progressive stages T (cubic schedule from 0 to the target); 1 = one-shot"})

@@ -35,6 +35,11 @@ class RotPrunerConfig(PruneConfig):
     """
 
     method = "rotpruner"
+    summary = (
+        'learn an orthonormal rotation Q of the residual stream, prune with a base pruner in the rotated '
+        'space, fuse Q into the weights'
+    )
+    paper = 'Chen et al., 2024 (RotPruner)'
     base_pruner: str = field(default="wanda", metadata={
         "help": "pruner applied in the rotated space: any pruner, or sparsegpt-noupdate"})
     epochs: float = field(default=20.0, metadata={"help": "passes over the training windows (ignored with --steps)"})

@@ -20,6 +20,11 @@ class SliceGPTConfig(PruneConfig):
     It leaves no zeros (`sparsity` 0.0); the report gives the parameters removed."""
 
     method = "slicegpt"
+    summary = (
+        "structured: rotate each block's residual-stream input onto its calibration PCA basis and delete the "
+        '`--slicing` fraction of least-energy directions; smaller matrices'
+    )
+    paper = 'Ashkboos et al., ICLR 2024 (SliceGPT)'
     removes = "slicing"
     slicing: float = field(default=0.25, metadata={"help": "fraction of the hidden dimension removed, in [0, 1)"})
     round_to: int = field(default=8, metadata={"help": "round the kept width to a multiple of this"})
@@ -55,6 +60,11 @@ class RotPrunerStructuredConfig(SliceGPTConfig):
     windows of `--train-seqlen` tokens."""
 
     method = "rotpruner-structured"
+    summary = (
+        "structured: SliceGPT's bases fine-tuned on the Stiefel manifold with RotPruner's KL loss, then "
+        'sliced'
+    )
+    paper = "RotPruner's loss on SliceGPT"
     steps: int = field(default=50, metadata={"help": "optimizer steps; 0 = --epochs passes"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training windows (ignored with --steps)"})
     train_samples: int = field(default=0, metadata={"help": "calibration windows used to learn Q; 0 = all"})
