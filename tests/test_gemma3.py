@@ -54,7 +54,7 @@ def test_bos_matters_for_gemma(gemma):
 
 
 def test_wanda_two_four_on_gemma(gemma):
-    """(SparseGPT takes ≈2 min on the 2-core CPU here, whatever the calibration size: it runs in bench/eval_suite.py.)"""
+    """(SparseGPT takes ≈2 min on the 2-core CPU here, whatever the calibration size: it runs in bench/quality/eval_suite.py.)"""
     config = WandaConfig(pattern="2:4")
     dense, tokenizer, wiki = gemma
     model = copy.deepcopy(dense)

@@ -11,7 +11,7 @@ timing them once in a CUDA graph, the L2 cache flushed before each call, and cac
             single column); the result [out, rows] is returned transposed, as a view or
             (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3 (an id the
             library lacks is skipped). Split-K is not searched: cuSPARSELt 0.8 on an H200 refused every
-            split-K > 1 for these shapes (`bench/sparse_gpu.py` records the probe);
+            split-K > 1 for these shapes (`bench/speed/sparse_gpu.py` records the probe);
 - `cslt_c`: the same with xᵀ made contiguous first;
 - `lib`:    where a newer cuSPARSELt than torch's is installed (`cusparselt_lib`: torch 2.11 is built with
             0.8.0), that library replaces torch's for every cuSPARSELt path: the weight is compressed by
@@ -58,7 +58,7 @@ PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
 #: per PLANS key, why its plan won (timings and the candidates that could not be timed), for `paths`
 PLAN_REASONS: dict[tuple, str] = {}
 DENSE = ("dense", 0)
-#: algorithm ids of the newer library tried besides its searched one (bench/cusparselt_prefill.py, H200, 0.10)
+#: algorithm ids of the newer library tried besides its searched one (bench/kernels/cusparselt_prefill.py, H200, 0.10)
 LIB_ALGS = (6, 27, 42)
 
 

@@ -5,7 +5,7 @@ Decode is memory-bound: the dense product reads out·in·2 bytes of fp16 weight,
 out·in·(1 + 1/8) bytes — 0.5625× — so its ceiling is ≈1.78× the dense speed. The activations x are
 tiny. Two kernels: `spmm24` (≤ 16 rows) rebuilds each dense weight tile in registers and multiplies on
 the tensor cores; `gemv24` (1 row) streams the packed weight once. A 1-row kernel is bound by instructions,
-not bytes, unless it spends only a few per value (SASS counts: bench/gemv_sass.py): an earlier form with a
+not bytes, unless it spends only a few per value (SASS counts: bench/kernels/gemv_sass.py): an earlier form with a
 gather of x, index arithmetic and masks per value (20–25 instructions) read ≈ 2 TB/s on an H200; `gemv24`
 picks x with byte permutes (≈ 6 per value) and reads ≈ 3.2 TB/s.
 """

@@ -1,10 +1,10 @@
-"""Prefill speed of CUTLASS's Hopper 2:4 sparse GEMM (bench/cutlass_sm90_24) against dense cuBLAS, every
+"""Prefill speed of CUTLASS's Hopper 2:4 sparse GEMM (bench/kernels/cutlass_sm90_24) against dense cuBLAS, every
 configuration × tile-scheduler mode (max swizzle 1–8 × raster order heuristic / along M / along N, or
 stream-K splits 1–4), timed in CUDA graphs over weight copies that exceed L2; each result checked
 against the dense product.
 
-    CUTLASS_DIR=... bench/cutlass_sm90_24/build.sh libsm90_24.so
-    PYTHONPATH=src python bench/cutlass_sparse_prefill.py libsm90_24.so [--configs 0,2,8] \
+    CUTLASS_DIR=... bench/kernels/cutlass_sm90_24/build.sh libsm90_24.so
+    PYTHONPATH=src python bench/kernels/cutlass_sparse_prefill.py libsm90_24.so [--configs 0,2,8] \
         [--tokens 2048,8192] [--shapes 11008x4096,4096x11008] [--json out.json]
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
 from prunekit.eval.speed import random_24_linears

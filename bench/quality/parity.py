@@ -9,7 +9,7 @@ decoder-layer linears are pruned on both sides (lm_head and embeddings stay
 dense, as in the Wanda and SparseGPT papers). Prints one table: perplexity and pruning wall time
 of each side, for Wanda and SparseGPT at 50% unstructured and 2:4.
 
-    python bench/parity.py [--model smollm2-135m] [--bos auto] [--data ../shared/data] [--json results.json]
+    python bench/quality/parity.py [--model smollm2-135m] [--bos auto] [--data ../shared/data] [--json results.json]
                            [--cells wanda:unstructured,...]
 
 With --json the file is rewritten after every cell, so a run cut short keeps the cells it finished.
@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 import torch  # noqa: E402
 
@@ -39,18 +39,6 @@ from protocol import protocol_q  # noqa: E402  (bench/protocol.py)
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt:unstructured", "sparsegpt:2:4"]
 CONFIGS = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
-
-
-def add_config_flags(parser: argparse.ArgumentParser, defaults, names) -> None:
-    """A `--name` flag for each config field in `names`, typed and defaulted by the `defaults` instance."""
-    for name in names:
-        value = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-
-
-def config_overrides(args: argparse.Namespace, names) -> dict:
-    """The values of the flags `add_config_flags` made, as config keyword arguments."""
-    return {name: getattr(args, name) for name in names}
 
 
 def run_metadata(args: argparse.Namespace, bos: int | None, calib: torch.Tensor, sets: dict) -> dict:
@@ -100,7 +88,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="embedded name, model directory or .gguf file")
     parser.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                         help="BOS first in every window (auto: as the model's adapter says; Gemma needs it)")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--dense", default="first", choices=["first", "last", "skip"],

@@ -8,10 +8,10 @@ device). For each: the time to accumulate the statistics (G, or SparseGPT's H), 
 With --model (an embedded name or a model directory, e.g. smollm2-135m): whole-model pruning time
 of fista vs sparsegpt with protocol Q's calibration (--data: the shared data folder) on --device.
 
-    python bench/fista_gpu.py [--device cuda] [--model smollm2-135m] [--sizes 4096x4096,11008x4096]
+    python bench/speed/fista_gpu.py [--device cuda] [--model smollm2-135m] [--sizes 4096x4096,11008x4096]
                               [--tokens 262144] [--patterns unstructured,2:4] [--json gpu.json]
 On CPU with tiny sizes (a smoke test):
-    python bench/fista_gpu.py --device cpu --sizes 96x64,160x64 --tokens 2048
+    python bench/speed/fista_gpu.py --device cpu --sizes 96x64,160x64 --tokens 2048
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 import torch  # noqa: E402
 
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="4096x4096,11008x4096", help="out×in of each operator")
     parser.add_argument("--tokens", type=int, default=128 * 2048, help="calibration tokens per operator")
     parser.add_argument("--model", help="also time the whole model (e.g. smollm2-135m)")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--patterns", default="unstructured,2:4", help="patterns of the whole-model timing")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows of the whole-model timing")
     parser.add_argument("--fista-options", default="{}", help='JSON of FistaConfig fields, e.g. \'{"iters": 20}\'')

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Build libsm90_24.so: CUTLASS's Hopper 2:4 sparse GEMM in the configurations below, for
-# bench/cutlass_sparse_prefill.py. Needs nvcc >= 12.2 and CUTLASS 4.2's headers:
+# bench/kernels/cutlass_sparse_prefill.py. Needs nvcc >= 12.2 and CUTLASS 4.2's headers:
 #   pip download --no-deps nvidia-cutlass==4.2.0.0 && unzip nvidia_cutlass-4.2.0.0-*.whl -d cutlass
-#   CUTLASS_DIR=cutlass/cutlass_library/source [NVCC=nvcc] bench/cutlass_sm90_24/build.sh OUT.so [JOBS]
+#   CUTLASS_DIR=cutlass/cutlass_library/source [NVCC=nvcc] bench/kernels/cutlass_sm90_24/build.sh OUT.so [JOBS]
 # The .so needs libcudart.so of nvcc's major version at run time (torch's, once torch is imported).
 set -euo pipefail
 out=$(realpath -m "$1"); jobs=${2:-2}

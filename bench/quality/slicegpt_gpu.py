@@ -5,7 +5,7 @@ Protocol Q (../shared/data/README.md): fp32; calibration 128 windows × 512 toke
 × {slicegpt, rotpruner-structured}, each on a fresh copy of the dense model with the same windows.
 Prints one JSON line per cell as it finishes and a markdown table last.
 
-    python bench/slicegpt_gpu.py --device cuda [--model smollm2-135m | DIR | file.gguf] [--data ../shared/data]
+    python bench/quality/slicegpt_gpu.py --device cuda [--model smollm2-135m | DIR | file.gguf] [--data ../shared/data]
         [--slicings 0.2,0.3] [--methods slicegpt,rotpruner-structured] [--steps 200] [--lr 1e-3]
         [--train-seqlen 512] [--speed-batches 1,16] [--round-to 8] [--shared-layer-basis] [--json out.json]
 """
@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 import torch  # noqa: E402
 
 from environment import environment, precision  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, load_model, prune  # noqa: E402
 from protocol import protocol_q, wiki_ppl  # noqa: E402
-from parity import add_config_flags, config_overrides  # noqa: E402
-from slicegpt_speed import fuse_norms, measure  # noqa: E402
+from flags import add_config_flags, config_overrides  # noqa: E402  (bench/flags.py)
+from speed.slicegpt_speed import fuse_norms, measure  # noqa: E402  (bench/speed/slicegpt_speed.py)
 
 TUNABLE = ("steps", "lr", "optimizer", "momentum", "schedule", "train_samples", "train_seqlen", "train_batch",
            "kl_weight", "mse_weight")
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="smollm2-135m", help="embedded name, model directory or .gguf file")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--slicings", default="0.2,0.3")
     parser.add_argument("--methods", default="slicegpt,rotpruner-structured")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (protocol Q: 128)")

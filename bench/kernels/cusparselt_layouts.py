@@ -7,7 +7,7 @@ D = x·Wᵀ (x as A row- or column-major, Wᵀ column-major = W as given or row-
 prunekit's layer uses W.Arow.Bcol.Ccol. Copies that a layout needs (xᵀ, Wᵀ) are made once, outside the
 timing, so this measures the kernels only.
 
-    PRUNEKIT_CUSPARSELT=/path/to/libcusparseLt.so.0 PYTHONPATH=src python bench/cusparselt_layouts.py \
+    PRUNEKIT_CUSPARSELT=/path/to/libcusparseLt.so.0 PYTHONPATH=src python bench/kernels/cusparselt_layouts.py \
         [--tokens 2048] [--shapes 11008x4096,4096x11008] [--json out.json]
 """
 
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
 from prunekit.eval.speed import random_24_linears

@@ -7,7 +7,7 @@ A cell is `method/pattern[/option=value,...]`, the options being the method's co
 are kept in that file and cells already there are skipped, so a long CPU run can be resumed.
 Prints a markdown table last.
 
-    python bench/fista_quality.py [--device cuda] [--model smollm2-135m] [--data ../shared/data] [--json q.json] [--cells ...]
+    python bench/quality/fista_quality.py [--device cuda] [--model smollm2-135m] [--data ../shared/data] [--json q.json] [--cells ...]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 import torch  # noqa: E402
 
@@ -61,7 +61,7 @@ def parse_cell(cell: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="smollm2-135m", help="embedded name, model directory or .gguf file")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated; a cell's own options use ';'"

@@ -1,7 +1,7 @@
 """Where does cuSPARSELt's time go? Variants of one 2:4 product, eager and graphed, plus a profile; and
 torch's other 2:4 backend (CUTLASS) for comparison.
 
-    PYTHONPATH=src python bench/cusparselt_probe.py
+    PYTHONPATH=src python bench/kernels/cusparselt_probe.py
 """
 
 import torch

@@ -9,7 +9,7 @@ For each pattern, with the same calibration windows, fine-tuning text and token 
 Records perplexity (protocol Q), achieved sparsity and the merge check, time per stage and peak
 memory, writes JSON, and prints markdown tables last.
 
-    PYTHONPATH=src python bench/losa_gpu.py --device cuda --out losa_gpu.json
+    PYTHONPATH=src python bench/quality/losa_gpu.py --device cuda --out losa_gpu.json
 
 fp32 matrix products run in strict fp32, as through the CLI; --tf32 allows TF32 on CUDA (faster, and not
 the same numbers: for Wanda 70% alone an issue reports 979.89 through the strict-fp32 CLI against 832.64 from
@@ -30,6 +30,7 @@ import torch
 import prunekit
 from prunekit import api
 from prunekit.methods import config_class
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
 from protocol import protocol_q  # bench/protocol.py
@@ -51,7 +52,7 @@ def parse_args():
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--data-dir", default=str(HERE.parents[1] / "shared" / "data"))
+    p.add_argument("--data-dir", default=str(HERE.parents[2] / "shared" / "data"))
     p.add_argument("--train-data", default=None, help="default: <data-dir>/c4/c4.validation_2k.jsonl")
     p.add_argument("--patterns", default="unstructured,2:4")
     p.add_argument("--sparsity", type=float, default=0.7, help="target of the unstructured runs")

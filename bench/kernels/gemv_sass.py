@@ -3,7 +3,7 @@ ptxas and count the SASS instructions of its main loop per weight value. A memor
 only a few: an H200 issues ≈ 1 T warp-instructions/s, so 22.5 M values (an 11008×4096 weight) at 25
 instructions each take ≈ 17 µs of issue time alone, about what the whole dense product takes.
 
-    PYTHONPATH=src python bench/gemv_sass.py [--block-n 4 --block-b 128 --warps 4 --dtype fp16]
+    PYTHONPATH=src python bench/kernels/gemv_sass.py [--block-n 4 --block-b 128 --warps 4 --dtype fp16]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ depends only on the shapes, so the weights are random. fp16; prefill and every d
 graph (prunekit.eval.speed.measure_model through bench/slicegpt_speed.measure). `--shared-layer-basis`
 adds, per fraction, the shapes of one basis per layer (one k × k shortcut per layer instead of two).
 
-    PYTHONPATH=src python bench/sliced_width_speed.py [--layers 4] [--slicings 0.2,0.3] [--shared-layer-basis]
+    PYTHONPATH=src python bench/speed/sliced_width_speed.py [--layers 4] [--slicings 0.2,0.3] [--shared-layer-basis]
         [--json out.json]
 """
 
@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 import torch  # noqa: E402
 

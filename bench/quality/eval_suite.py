@@ -8,7 +8,7 @@ zero-shot accuracy on lm-eval's 8 tasks over the local files of zeroshot/. Print
 and writes JSON. With --json, cells already in the file (same settings) are kept and skipped, so a
 run cut short by a time limit resumes where it stopped.
 
-    python bench/eval_suite.py --model smollm2-135m [--data ../shared/data] [--limit N] [--json out.json]
+    python bench/quality/eval_suite.py --model smollm2-135m [--data ../shared/data] [--limit N] [--json out.json]
         [--cells dense,wanda:unstructured,wanda:2:4,sparsegpt:unstructured,sparsegpt:2:4] [--device cuda]
 
 Structured cells for the same table: --cells slicegpt:0.2,rotpruner-structured:0.2,slicegpt:0.3,...
@@ -33,6 +33,7 @@ from prunekit import (RotPrunerStructuredConfig, SliceGPTConfig, SparseGPTConfig
 from prunekit.data import calibration_windows, evaluation_windows, read_text_file, tokenize  # noqa: E402
 from prunekit.eval import zeroshot  # noqa: E402
 from prunekit.eval.table import results_table  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # noqa: E402  (bench/environment.py)
 
@@ -46,7 +47,7 @@ CALIBRATION_FILE = "wikitext2/wiki.valid.tokens"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="embedded name or model directory")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--tasks", default=",".join(zeroshot.task_names()), help="zero-shot tasks ('none' skips)")
     parser.add_argument("--limit", type=int, help="zero-shot: first N documents per task (a quick, limited run)")
@@ -62,7 +63,7 @@ def parse_args(argv=None):
 
 def cell_config(cell: str):
     """"wanda:2:4" → WandaConfig(0.5, "2:4"); "slicegpt:0.3" / "rotpruner-structured:0.3" → that slicing
-    (RotPruner-structured with the 256 training steps of bench/slicegpt_gpu.py's measured run)."""
+    (RotPruner-structured with the 256 training steps of bench/quality/slicegpt_gpu.py's measured run)."""
     method, arg = cell.split(":", 1)
     if method == "slicegpt":
         return SliceGPTConfig(slicing=float(arg))

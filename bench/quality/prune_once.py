@@ -1,10 +1,10 @@
 """Prune SmolLM2 once under protocol Q's calibration, with prunekit or llm-compressor, in a fresh process.
 
-For whole-process timing of the two sides (e.g. `/usr/bin/time -v python bench/prune_once.py ...`,
+For whole-process timing of the two sides (e.g. `/usr/bin/time -v python bench/quality/prune_once.py ...`,
 or any A/B process timer): load the model, draw the same calibration windows, prune, report the
 seconds of the pruning call itself. Nothing is saved.
 
-    python bench/prune_once.py --side prunekit|llmcompressor --method wanda|sparsegpt --pattern unstructured|2:4
+    python bench/quality/prune_once.py --side prunekit|llmcompressor --method wanda|sparsegpt --pattern unstructured|2:4
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--method", default="wanda")
     parser.add_argument("--pattern", default="unstructured")
     parser.add_argument("--nsamples", type=int, default=128)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     args = parser.parse_args()
 
     from protocol import protocol_q

@@ -2,9 +2,9 @@
 all weights, then compare two such files. For refactors that must not change any number.
 
     git worktree add /tmp/before <commit>
-    (cd /tmp/before && PYTHONPATH=src python /path/to/bench/equivalence.py run before.pt)
-    PYTHONPATH=src python bench/equivalence.py run after.pt
-    python bench/equivalence.py compare before.pt after.pt      # one line per case: IDENTICAL or what differs
+    (cd /tmp/before && PYTHONPATH=src python /path/to/bench/quality/equivalence.py run before.pt)
+    PYTHONPATH=src python bench/quality/equivalence.py run after.pt
+    python bench/quality/equivalence.py compare before.pt after.pt      # one line per case: IDENTICAL or what differs
 
 Uses only the public API (prunekit.prune and the config classes), so an older revision runs it too.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 
 def cases(text: str) -> dict:

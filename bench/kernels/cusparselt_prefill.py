@@ -2,7 +2,7 @@
 searched algorithm and ids 0–3) against a newer libcusparseLt.so.0 called directly
 (prunekit.sparse.cusparselt_lib), every algorithm id and both output orders, all timed in CUDA graphs.
 
-    PRUNEKIT_CUSPARSELT=/path/to/libcusparseLt.so.0 PYTHONPATH=src python bench/cusparselt_prefill.py \
+    PRUNEKIT_CUSPARSELT=/path/to/libcusparseLt.so.0 PYTHONPATH=src python bench/kernels/cusparselt_prefill.py \
         [--tokens 2048,8192] [--split-k] [--json out.json]
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
 from prunekit.eval.speed import random_24_linears

@@ -1,7 +1,7 @@
 """Prefill and decode speed and peak memory of one model (dense or sliced), batch by batch.
 
-    python bench/slicegpt_speed.py --model smollm2-135m            [--device cpu] [--batches 1,16]
-    python bench/slicegpt_speed.py --model /tmp/slice20            [--prompt-len 256 --gen-len 32 --json out.json]
+    python bench/speed/slicegpt_speed.py --model smollm2-135m            [--device cpu] [--batches 1,16]
+    python bench/speed/slicegpt_speed.py --model /tmp/slice20            [--prompt-len 256 --gen-len 32 --json out.json]
 
 Prefill: one forward pass over `batch × prompt_len` random tokens (tokens/s = batch·prompt_len / time).
 Decode: `gen_len` single-token steps against a static KV cache holding the prompt (tokens/s = batch / step
@@ -24,6 +24,9 @@ import resource
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit import load_model  # noqa: E402

@@ -7,7 +7,7 @@ Every cell is measured --rounds times, interleaved (round 1 of every cell, then 
 back to back within a round): the JSON keeps each round's times, and reports per cell the median and min–max of
 the per-round speed-ups (dense times move by 10-20% between runs on the same card, so one run is not a figure).
 
-    PYTHONPATH=src python bench/sparse_gpu.py [--out results.json] [--layers 4] [--rounds 5]
+    PYTHONPATH=src python bench/speed/sparse_gpu.py [--out results.json] [--layers 4] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import statistics
 import time
 
 import torch
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
 from prunekit.eval.speed import compare_linear, measure_model, random_24_linear, random_llama

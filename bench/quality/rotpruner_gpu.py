@@ -6,7 +6,7 @@ For each cell (base pruner × pattern) the base pruner alone and RotPruner(base)
 of the dense model with the same calibration windows. Prints one JSON line per cell as it finishes
 and a markdown table last.
 
-    python bench/rotpruner_gpu.py --device cuda [--data ../shared/data] [--model smollm2-135m]
+    python bench/quality/rotpruner_gpu.py --device cuda [--data ../shared/data] [--model smollm2-135m]
         [--cells wanda:unstructured,wanda:2:4,sparsegpt-noupdate:unstructured,...]
         [--epochs 20 | --steps N] [--lr 0.001] [--train-samples 0] [--train-seqlen 0] [--json out.json]
 
@@ -28,11 +28,12 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # noqa: E402  (bench/environment.py)
 from prunekit import RotPrunerConfig, load_model, prune  # noqa: E402
 from protocol import protocol_q, wiki_ppl  # noqa: E402
-from parity import add_config_flags, config_overrides  # noqa: E402
+from flags import add_config_flags, config_overrides  # noqa: E402  (bench/flags.py)
 
 CELLS = ["wanda:unstructured", "wanda:2:4", "sparsegpt-noupdate:unstructured", "sparsegpt-noupdate:2:4",
          "magnitude:unstructured", "magnitude:2:4"]
@@ -44,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="smollm2-135m", help="embedded name or model directory")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--cells", default=",".join(CELLS), help="base:pattern, comma-separated")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (protocol Q: 128)")
     parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (protocol Q: 40)")
