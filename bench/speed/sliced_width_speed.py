@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environm
 import torch  # noqa: E402
 
 from environment import environment  # noqa: E402  (bench/environment.py)
-from prunekit.eval.speed import random_llama  # noqa: E402
+from random_models import random_llama  # noqa: E402  (bench/speed/random_models.py)
 from prunekit.methods.slicegpt.layers import parameter_count, restructure  # noqa: E402
 from prunekit.methods.slicegpt.pca import sliced_width  # noqa: E402
 from slicegpt_speed import fuse_norms, measure  # noqa: E402

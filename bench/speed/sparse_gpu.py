@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
-from prunekit.eval.speed import compare_linear, measure_model, random_24_linear, random_llama
+from prunekit.eval.speed import compare_linear, measure_model, random_24_linear
+from random_models import random_llama  # bench/speed/random_models.py
 from prunekit.patterns import keep_n_of_m
 from prunekit.sparse import cusparselt_lib, triton_decode
 from prunekit.models.adapters import attention_inputs

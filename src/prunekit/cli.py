@@ -470,7 +470,7 @@ def cmd_eval(args) -> int:
     text = json.dumps(report, indent=2)
     if args.output:
         write_text_atomic(args.output, text)
-    # perplexity only (`--eval-data`, issue 2's contract): a JSON object with "ppl"; with --tasks: the table
+    # perplexity only (`--eval-data`): a JSON object with "ppl", which scripts read; with --tasks: the table
     print(text if args.json or not args.tasks else report["table"])
     return 0
 

@@ -107,18 +107,6 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
     return result
 
 
-def random_llama(hidden: int = 4096, intermediate: int = 11008, layers: int = 4, heads: int = 32,
-                 kv_heads: int = 32, vocab: int = 32000, dtype=torch.float16, device="cuda"):
-    """A randomly initialised Llama of the given width (7B: 4096/11008/32 heads), for speed only."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                         max_position_embeddings=16384)
-    with torch.device(device):
-        return LlamaForCausalLM(config).to(dtype).eval()
-
-
 def linear_shapes(model) -> list[tuple[int, int]]:
     """Distinct (out, in) shapes of the model's 2:4 linear weights."""
     shapes = set()

@@ -1,8 +1,8 @@
 """cuSPARSELt called directly through ctypes, for a newer library than the one torch was built with.
 
 torch's `torch._cslt_sparse_mm` runs the cuSPARSELt torch was built with (torch 2.11: 0.8.0, whose FP16
-kernels on Hopper regressed; NVIDIA's 0.8.1 release notes say the H100 regression is fixed); the torch
-build on our H200 machine links it statically, so installing a newer one does not change torch. Where a
+kernels on Hopper regressed; NVIDIA's 0.8.1 release notes say the regression is fixed); that torch build
+links it statically, so installing a newer one does not change torch. Where a
 `libcusparseLt.so.0` of version ≥ 0.8.1 (and ≥ torch's) is installed (pip `nvidia-cusparselt-cu13` or
 `-cu12`, or the path in PRUNEKIT_CUSPARSELT; "off" disables it), this module loads it and SparseLinear24
 uses it instead of torch's for its cuSPARSELt paths. Besides the newer kernels, calling it directly writes

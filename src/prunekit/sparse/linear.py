@@ -10,13 +10,13 @@ timing them once in a CUDA graph, the L2 cache flushed before each call, and cac
 - `cslt`:   `torch._cslt_sparse_mm(W, xᵀ)`, rows padded to a multiple of 16 (cuSPARSELt refuses a
             single column); the result [out, rows] is returned transposed, as a view or
             (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3 (an id the
-            library lacks is skipped). Split-K is not searched: cuSPARSELt 0.8 on an H200 refused every
-            split-K > 1 for these shapes (`bench/speed/sparse_gpu.py` records the probe);
+            library lacks is skipped). Split-K is not searched: cuSPARSELt 0.8 refused every split-K > 1
+            for these shapes (`bench/speed/sparse_gpu.py` records the probe; BENCHMARKS.md);
 - `cslt_c`: the same with xᵀ made contiguous first;
 - `lib`:    where a newer cuSPARSELt than torch's is installed (`cusparselt_lib`: torch 2.11 is built with
             0.8.0), that library replaces torch's for every cuSPARSELt path: the weight is compressed by
             it, and D = W xᵀ is written column-major, i.e. directly as the contiguous [rows, out] output.
-            Candidates: its searched algorithm and ids in LIB_ALGS (the fastest on an H200 with 0.10).
+            Candidates: its searched algorithm and ids in LIB_ALGS (the fastest in BENCHMARKS.md's search).
 cuSPARSELt writes W xᵀ as [out, rows]; asking it for [rows, out] (`transpose_result=True`) makes
 the algorithm search fail (internal error) and the default algorithm 2.7× slower, so the layer
 returns the transpose as a view. Consumers that only add, multiply or feed another linear layer
@@ -58,7 +58,7 @@ PLAN_TIMINGS: dict[tuple, dict[str, float]] = {}
 #: per PLANS key, why its plan won (timings and the candidates that could not be timed), for `paths`
 PLAN_REASONS: dict[tuple, str] = {}
 DENSE = ("dense", 0)
-#: algorithm ids of the newer library tried besides its searched one (bench/kernels/cusparselt_prefill.py, H200, 0.10)
+#: algorithm ids of the newer library tried besides its searched one (found by bench/kernels/cusparselt_prefill.py)
 LIB_ALGS = (6, 27, 42)
 
 

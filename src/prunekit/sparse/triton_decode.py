@@ -6,8 +6,8 @@ out·in·(1 + 1/8) bytes — 0.5625× — so its ceiling is ≈1.78× the dense 
 tiny. Two kernels: `spmm24` (≤ 16 rows) rebuilds each dense weight tile in registers and multiplies on
 the tensor cores; `gemv24` (1 row) streams the packed weight once. A 1-row kernel is bound by instructions,
 not bytes, unless it spends only a few per value (SASS counts: bench/kernels/gemv_sass.py): an earlier form with a
-gather of x, index arithmetic and masks per value (20–25 instructions) read ≈ 2 TB/s on an H200; `gemv24`
-picks x with byte permutes (≈ 6 per value) and reads ≈ 3.2 TB/s.
+gather of x, index arithmetic and masks per value (20–25 instructions) reached ≈ 60% of the bandwidth of
+`gemv24`, which picks x with byte permutes (≈ 6 per value); the figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "
 GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
                 for n in (1, 2, 4, 8) for bb in (64, 128, 256) for w in (1, 2, 4, 8) for st in (2, 3)
                 if 32 * w <= n * bb <= 32 * 32 * w]  # 1 to 32 bytes per thread
-GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # tuned best for 4096×4096 (H200)
+GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # the tuned best for 4096×4096 (BENCHMARKS.md)
 #: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
 TUNED: dict[tuple[int, int, int], dict] = {}
 #: per TUNED key, the configurations `tune` could not run: {"count": how many, "last": the last one and why}
@@ -100,7 +100,7 @@ if triton is not None:
     # (an fma with zero, then an fma: sm_80 has no bf16x2 multiply) and both halves widened to fp32, where
     # the row's sum accumulates. ≈ 14 instructions for 4 values. Unlike a GEMM, which accumulates exact
     # products in fp32, each product and pair sum is rounded to the 16-bit type: measured relative error
-    # ≈ 1.6× cuSPARSELt's (fp16 3e-4 against 2e-4, bf16 2.8e-3 against 1.6e-3, H200), and in fp16 a single
+    # ≈ 1.6× cuSPARSELt's (fp16 3e-4 against 2e-4, bf16 2.8e-3 against 1.6e-3; BENCHMARKS.md), and in fp16 a single
     # |v·x| above 65504 overflows.
     _PICK = """{
     .reg .b32 t, c, s, lut, pa, pb, p, z;

@@ -31,7 +31,7 @@ class RotPrunerConfig(PruneConfig):
     Cayley SGD, momentum 0.9, learning rate 1e-4, 20 epochs over the calibration set (one window a
     step), cosine schedule, SR-STE. On SmolLM2 the first gradient has norm ≈ 60, so 1e-4 moves Q by
     ≈ 0.006 (Frobenius) on the first step: the same scale as theirs. Few-step CPU budgets need a
-    larger rate (BENCHMARKS.md, "RotPruner (issue 4)").
+    larger rate (BENCHMARKS.md, RotPruner section).
     """
 
     method = "rotpruner"

@@ -6,7 +6,7 @@ with d the width the mean is taken over (the sliced model's RMSN uses the ORIGIN
 columns) and an optional weight w. transformers' RMSNorm and the unfused RMSN run this as ~8 elementwise
 kernels (cast, square, sum, divide, add, rsqrt, multiply, cast); at decode time a small model is bound
 by kernel launches, so one kernel per norm is a real saving. torch's own fused `F.rms_norm` is not used:
-on the H100 machine (torch 2.11) it did not return within minutes (its CuTe-DSL override compiles per shape).
+with torch 2.11 it did not return within minutes on the GPU (its CuTe-DSL override compiles per shape).
 Computed in fp32, stored in x's dtype, like the unfused path.
 """
 
