@@ -3,6 +3,7 @@ import torch
 
 from conftest import random_windows, tiny_gemma, tiny_llama, tiny_opt
 from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
+from prunekit.checkpoints import checkpoint_file
 from prunekit.engine import capture_inputs
 from prunekit.layerwise import prune_layerwise
 from prunekit.errors import UsageError
@@ -103,7 +104,7 @@ def test_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path, othe
 def test_a_damaged_checkpoint_is_refused_with_the_hint_to_delete_it(tmp_path, damage):
     calib = random_windows()
     prune_layerwise(tiny_llama(), WandaConfig(0.5), calib, progress=False, checkpoint_dir=tmp_path)
-    progress, layer = tmp_path / "progress.pt", tmp_path / "layer_1.pt"
+    progress, layer = checkpoint_file(tmp_path, "progress.pt"), checkpoint_file(tmp_path, "layer_1.pt")
     if damage == "truncate":
         progress.write_bytes(progress.read_bytes()[:100])
     elif damage == "garbage":

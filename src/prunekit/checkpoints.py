@@ -32,9 +32,11 @@ MANIFEST = "checkpoint.json"
 
 class RunCheckpoint:
     """The checkpoint folder of one run (see the module docstring). Its manifest, `checkpoint.json`, holds the
-    run's fingerprint and the size of every file written; opening the folder checks both, so another run's
-    progress or a truncated or missing file is refused at once. `extra` adds to the config part (e.g. per-layer
-    sparsities that are not in the config)."""
+    run's fingerprint and, per saved name, the file that holds it and its size; opening the folder checks both,
+    so another run's progress or a truncated or missing file is refused at once. Every write goes to a new file
+    (`progress.7.pt`), then the manifest is switched to it, then the old file is removed: a kill at any point
+    leaves the manifest naming complete files. `extra` adds to the config part (e.g. per-layer sparsities
+    that are not in the config)."""
 
     def __init__(self, directory, config, calib_ids: torch.Tensor, model: nn.Module, extra: str = ""):
         self.dir = Path(directory)
@@ -45,37 +47,57 @@ class RunCheckpoint:
         self.parts = {"model": model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
                       "method config": _digest((repr(config) + extra).encode()),
                       "calibration data": _digest(calib_ids.cpu().numpy().tobytes())}
-        self.files: dict[str, int] = {}
         manifest = _read_manifest(self.dir)
-        if manifest is not None:
-            _check(self.dir, manifest, self.parts)
-            self.files = manifest["files"]
-        elif any(self.dir.glob("*.pt")):
-            raise UsageError(f"--checkpoint-dir {self.dir} holds files without a {MANIFEST} (another program, or an "
-                             f"older prunekit): delete {self.dir} to start fresh, or use another folder")
+        if manifest is None:
+            if any(self.dir.glob("*.pt")):
+                raise UsageError(f"--checkpoint-dir {self.dir} holds files without a {MANIFEST} (another program, or "
+                                 f"an older prunekit): delete {self.dir} to start fresh, or use another folder")
+            manifest = {"parts": self.parts, "files": {}, "next": 0}
+        _check(self.dir, manifest, self.parts)
+        self.files, self.next = manifest["files"], manifest.get("next", 0)
+        self._write_manifest()
+        kept = {entry["file"] for entry in self.files.values()}
+        for path in [*self.dir.glob("*.pt"), *self.dir.glob("*.tmp")]:  # what a killed write left behind
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
 
     def read(self, name: str):
-        """What this run saved under `name`, or None if it has not saved it yet."""
+        """What this run saved under `name` (tensors on the CPU), or None if it has not saved it yet."""
         if name not in self.files:
             return None
-        path = self.dir / name
+        path = self.dir / self.files[name]["file"]
         try:
-            return torch.load(path, weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # garbage of the right size: whatever torch.load raises
             raise UsageError(f"checkpoint file {path} is unreadable ({type(err).__name__}): delete {self.dir} "
                              "to start fresh") from err
 
     def write(self, name: str, state) -> None:
-        """Save `state` under `name` (atomically), then record it in the manifest."""
-        path = self.dir / name
+        """Save `state` under `name`: a new file, then the manifest pointing at it, then the old file removed."""
+        stem, _, suffix = name.rpartition(".")
+        path = self.dir / f"{stem}.{self.next}.{suffix}"
+        self.next += 1
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
-        self.files[name] = path.stat().st_size
+        old = self.files.get(name)
+        self.files[name] = {"file": path.name, "size": path.stat().st_size}
+        self._write_manifest()
+        if old is not None and old["file"] != path.name:
+            (self.dir / old["file"]).unlink(missing_ok=True)
+
+    def _write_manifest(self) -> None:
         manifest = self.dir / MANIFEST
         tmp = manifest.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps({"parts": self.parts, "files": self.files}, indent=1))
+        tmp.write_text(json.dumps({"parts": self.parts, "files": self.files, "next": self.next}, indent=1))
         os.replace(tmp, manifest)
+
+
+def checkpoint_file(directory, name: str) -> Path | None:
+    """The file that holds what was saved under `name` in the checkpoint folder `directory` (None: nothing)."""
+    manifest = _read_manifest(Path(directory))
+    entry = (manifest or {"files": {}})["files"].get(name)
+    return Path(directory) / entry["file"] if entry else None
 
 
 def check_resumable(directory, config, calib_ids: torch.Tensor, model: nn.Module) -> None:
@@ -97,7 +119,9 @@ def _read_manifest(directory: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_text())
-        if isinstance(manifest.get("parts"), dict) and isinstance(manifest.get("files"), dict):
+        files = manifest.get("files")
+        if isinstance(manifest.get("parts"), dict) and isinstance(files, dict) and all(
+                isinstance(entry, dict) and {"file", "size"} <= entry.keys() for entry in files.values()):
             return manifest
     except (ValueError, AttributeError, OSError):
         pass
@@ -109,8 +133,8 @@ def _check(directory: Path, manifest: dict, parts: dict) -> None:
     if differ:
         raise UsageError(f"--checkpoint-dir {directory} holds the progress of another run (its {', '.join(differ)} "
                          f"differ from this run's): use another --checkpoint-dir, or delete {directory} to start fresh")
-    for name, size in manifest["files"].items():
-        path = directory / name
+    for entry in manifest["files"].values():
+        path, size = directory / entry["file"], entry["size"]
         found = path.stat().st_size if path.is_file() else None
         if found != size:
             state = "is missing" if found is None else f"is truncated or changed ({found} of {size} bytes)"

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from prunekit.checkpoints import checkpoint_file
 
 from .conftest import assert_bit_identical, base_args, leftovers, one_error_line, run_fault
 
@@ -51,15 +52,16 @@ def test_sigterm_ends_with_130_one_line_and_the_resume_hint(model4, text, tmp_pa
     assert run.returncode == 130
     assert stderr.strip().splitlines()[-1] == (f"prunekit: interrupted, nothing saved; rerun the same command to "
                                                f"resume from {checkpoints}")
-    assert not out.exists() and leftovers(tmp_path) == [] and any(checkpoints.glob("layer_*.pt"))
+    assert not out.exists() and leftovers(tmp_path) == [] and checkpoint_file(checkpoints, "layer_0.pt").is_file()
 
 
-DAMAGE = {
-    "truncated progress": lambda ck: (ck / "progress.pt").write_bytes((ck / "progress.pt").read_bytes()[:300]),
-    "garbage progress": lambda ck: (ck / "progress.pt").write_bytes(b"\x00garbage" * 64),
-    "truncated layer": lambda ck: (ck / "layer_0.pt").write_bytes((ck / "layer_0.pt").read_bytes()[:200]),
-    "missing layer": lambda ck: (ck / "layer_0.pt").unlink(),
-    "garbage layer, same size": lambda ck: (ck / "layer_0.pt").write_bytes(b"\x00" * (ck / "layer_0.pt").stat().st_size),
+DAMAGE = {  # checkpoint_file: the file the manifest names (every write goes to a new file)
+    "truncated progress": lambda ck: checkpoint_file(ck, "progress.pt").write_bytes(checkpoint_file(ck, "progress.pt").read_bytes()[:300]),
+    "garbage progress": lambda ck: checkpoint_file(ck, "progress.pt").write_bytes(b"\x00garbage" * 64),
+    "truncated layer": lambda ck: checkpoint_file(ck, "layer_0.pt").write_bytes(checkpoint_file(ck, "layer_0.pt").read_bytes()[:200]),
+    "missing layer": lambda ck: checkpoint_file(ck, "layer_0.pt").unlink(),
+    "garbage layer, same size": lambda ck: checkpoint_file(ck, "layer_0.pt").write_bytes(
+        b"\x00" * checkpoint_file(ck, "layer_0.pt").stat().st_size),
     "damaged manifest": lambda ck: (ck / "checkpoint.json").write_text("{"),
 }
 
@@ -69,7 +71,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_and_kept(damage, model4, te
     out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
     argv = base_args(model4, text, "--method", "sparsegpt", "--output", out, "--checkpoint-dir", checkpoints)
     killed = run_fault("kill", [14], argv)
-    assert killed.returncode == -signal.SIGKILL and (checkpoints / "layer_0.pt").is_file()
+    assert killed.returncode == -signal.SIGKILL and checkpoint_file(checkpoints, "layer_0.pt") is not None
     DAMAGE[damage](checkpoints)
     kept = sorted(p.name for p in checkpoints.iterdir())
     code, _, err = run_cli(argv, capsys)

@@ -53,7 +53,7 @@ class PruneConfig:
     def __post_init__(self):
         self.pattern = self.pattern if isinstance(self.pattern, Pattern) else Pattern.parse(self.pattern)
         if self.removes is not None:
-            if self.sparsity is not None:
+            if self.sparsity not in (None, 0.0):  # 0.0: what __post_init__ set (dataclasses.replace passes it back)
                 raise ValueError(f"--method {self.method} removes whole dimensions, it does not zero weights: use "
                                  f"--{self.removes}, not --sparsity")
             if self.pattern.is_nm:

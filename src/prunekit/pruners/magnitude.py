@@ -26,6 +26,9 @@ class MagnitudePruner(ScorePruner):
     uses_inputs = False
     group = "matrix"
 
+    def add_batch(self, x: torch.Tensor) -> None:
+        pass  # the rule reads only the weights
+
     def load_gram(self, G: torch.Tensor) -> None:
         pass
 

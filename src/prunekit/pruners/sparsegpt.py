@@ -36,23 +36,29 @@ class SparseGPTConfig(PruneConfig):
 class SparseGPTPruner(Pruner):
     def __init__(self, config, in_features, device):
         super().__init__(config, in_features, device)
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.H: torch.Tensor | None = None  # allocated by the first add_batch
         self.tokens = 0
-        self._factor = self._cholesky = None
+        self._factor = self._cholesky = self._selection = None
 
     def add_batch(self, x: torch.Tensor) -> None:
         """H = (2/n) Σ x xᵀ over the n calibration tokens, kept as a running mean for fp32 accuracy."""
+        if self.H is None:
+            self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
         x = x.to(self.H.dtype)
         n = x.shape[0]
         self.H *= self.tokens / (self.tokens + n)
         self.tokens += n
         x = x * (2.0 / self.tokens) ** 0.5
         self.H += x.t() @ x
-        self._factor = self._cholesky = None
+        self._factor = self._cholesky = self._selection = None
 
     def load_gram(self, G: torch.Tensor) -> None:
-        """H from G = Σ xᵀx as it is: the mask rule is invariant to H's scale (the damping is relative)."""
+        """The selection's state from G = Σ xᵀx (its scale does not matter: the damping is relative). Only that
+        state (two vectors) is kept, not G: RotPruner holds one such pruner per operator group while it trains.
+        A pruner loaded this way selects (`mask`) but does not reconstruct (`prune` needs `add_batch`)."""
         self.H, self._factor, self._cholesky = G, None, None
+        self._selection = self._selection_state()
+        self.H = self._cholesky = None
 
     def _damped_cholesky(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, dead): J (H + λI) J = L Lᵀ with J reversing the order, λ = percdamp · mean diag(H).
@@ -87,11 +93,17 @@ class SparseGPTPruner(Pruner):
             self._cholesky = None  # only U is needed from here on: free L (in × in)
         return self._factor
 
+    def _selection_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d, dead) with d_j = [U]_jj, U as in `inverse_hessian_factor`: [U]_jj = 1 / [L]_jj reversed."""
+        L, dead = self._damped_cholesky()
+        return (1.0 / torch.diagonal(L)).flip(0), dead
+
     def mask(self, weight: torch.Tensor) -> torch.Tensor:
         """SparseGPT's selection without the reconstruction: w_ij² / [U]_jj² per block of columns (or per
-        N:M group), U as in `inverse_hessian_factor`; [U]_jj = 1 / [L]_jj reversed, so only L is needed."""
-        L, dead = self._damped_cholesky()
-        d = (1.0 / torch.diagonal(L)).flip(0)
+        N:M group)."""
+        if self._selection is None:
+            self._selection = self._selection_state()
+        d, dead = self._selection
         scores = weight.pow(2) / d.pow(2).unsqueeze(0)
         scores[:, dead] = 0.0  # the weights of inputs that never fire are zeroed before choosing
         pattern = self.config.pattern
@@ -111,6 +123,9 @@ class SparseGPTPruner(Pruner):
         Works on Wᵀ so that a column of W is a contiguous row and each update is one rank-1 `addr_`.
         """
         cfg, pattern = self.config, self.config.pattern
+        if self.H is None:
+            raise ValueError("SparseGPT reconstructs from its own statistics: feed add_batch before prune "
+                             "(load_gram gives the selection only)")
         Hinv, dead = self.inverse_hessian_factor()
         Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
         Wt[dead] = 0.0

@@ -18,11 +18,12 @@ import resource
 import time
 
 import torch
+from safetensors.torch import save_file
 
 from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
 from ...engine import LayerWalk, OperatorResult, PruneResult
-from ...layerwise import prune_layerwise
 from ...errors import UsageError
+from ...layerwise import prune_layerwise
 from ...models.adapters import get_adapter
 from .config import LosaConfig
 from .data import load_documents, training_windows
@@ -43,11 +44,10 @@ class LosaResult(PruneResult):
     def before_save(self, model, directory) -> dict | None:
         """An unmerged (dense) adapter cannot go into the sparse weights: unwrap the model so the sparse
         base saves as a plain model, and write the factors beside it."""
-        if self.adapters is None or not self.adapters.attached:
+        if self.adapters is None:
             return None
-        from safetensors.torch import save_file
-
-        self.adapters.detach(merge=False)
+        if self.adapters.attached:  # the first save unwraps; later saves write the same factors again
+            self.adapters.detach(merge=False)
         save_file(self.adapters.state_dict(), str(directory / "lora_adapters.safetensors"))
         return {"lora_adapters": "lora_adapters.safetensors", "scaling": self.adapters.scaling,
                 "note": "dense LoRA left unmerged: the saved model is the sparse base; ppl was measured with "
@@ -114,6 +114,7 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         model.load_state_dict(saved["model"])
         adapters.factors, result.timings, result.details = saved["factors"], saved["timings"], saved["details"]
         set_rng_state(saved["rng"])
+        del saved  # the restored weights live in the model now
     for t in range(first, T + 1):
         stage: dict = {"stage": t}
         target = cubic_sparsity(t, T, config.sparsity) if unstructured else config.sparsity

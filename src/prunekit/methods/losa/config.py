@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ...errors import UsageError
 from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
 from .data import check_spec
@@ -96,6 +97,13 @@ class LosaConfig(PruneConfig):
         if self.rmi_delta > 0:
             return self.rmi_delta
         return 0.01 if stage_sparsity <= 0.5 else 0.02 if stage_sparsity <= 0.6 else 0.03
+
+    def check_model(self, model) -> None:
+        """Fine-tuning windows must fit the model's context (max_position_embeddings)."""
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and self.train_seqlen > context:
+            raise UsageError(f"--train-seqlen {self.train_seqlen} is longer than the model's context ({context} "
+                             f"positions): use --train-seqlen {context} or less")
 
     def base_config(self, sparsity: float) -> PruneConfig:
         return pruner_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern)
