@@ -54,7 +54,8 @@ def test_a_damaged_compact_model_is_one_line(damage, compact_dir, text, tmp_path
     model = tmp_path / "model"
     shutil.copytree(compact_dir, model)
     COMPACT_DAMAGE[damage](model / "model.prunekit.safetensors")
-    _refused(base_args(model, text), capsys, tmp_path, "could not load model")
+    err = _refused(base_args(model, text), capsys, tmp_path, "could not load model")
+    assert str(model) in err  # names the model it could not load
 
 
 def test_truncated_safetensors_and_gguf_are_one_line(model4, text, tmp_path, capsys):
@@ -64,10 +65,12 @@ def test_truncated_safetensors_and_gguf_are_one_line(model4, text, tmp_path, cap
     shutil.copytree(model4, model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    _refused(base_args(model, text), capsys, tmp_path, "damaged or incomplete")
+    err = _refused(base_args(model, text), capsys, tmp_path, "damaged or incomplete")
+    assert "save or download the model again" in err
     gguf = tmp_path / "cut.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 40)
-    _refused(base_args(gguf, text), capsys, tmp_path, "could not load model")
+    err = _refused(base_args(gguf, text), capsys, tmp_path, "could not load model")
+    assert "cut.gguf" in err
 
 
 def test_a_model_folder_without_a_tokenizer_says_so(model4, text, tmp_path, capsys):
@@ -96,7 +99,8 @@ def test_n_m_that_does_not_divide_the_widths_is_refused_before_the_data(model4, 
 
 def test_a_folder_given_as_data_is_called_a_folder(model4, tmp_path, capsys):
     (tmp_path / "calib").mkdir()
-    _refused(base_args(model4, tmp_path / "calib"), capsys, tmp_path, "is a folder, not a file")
+    err = _refused(base_args(model4, tmp_path / "calib"), capsys, tmp_path, "is a folder, not a file")
+    assert "not found" not in err
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,8 @@ def test_windows_longer_than_the_context_are_refused_for_every_family(flag, opt_
     for model in (opt_dir, model4):  # OPT used to crash (IndexError), Llama to extrapolate silently
         argv = base_args(model, text)
         argv[argv.index(flag) + 1] = 600  # both tiny models have 512 positions
-        _refused(argv, capsys, tmp_path, f"{flag} 600 is longer than the model's context (512 positions)")
+        err = _refused(argv, capsys, tmp_path, f"{flag} 600 is longer than the model's context (512 positions)")
+        assert f"use {flag} 512 or less" in err
 
 
 def test_default_windows_shrink_to_a_short_context(opt_dir, text, tmp_path, capsys):
