@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
 
 import torch
 import torch.nn as nn
@@ -142,17 +141,14 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
     streams = {"pruned_in": None}
     walk = LayerWalk(model, calib_ids, device=device, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern} {config.error_correction}", checkpoint=checkpoint,
-                     state=lambda: {"pruned_in": streams["pruned_in"],
-                                    "operators": [asdict(op) for op in result.operators],
-                                    "timings": dict(result.timings)})
+                     state=lambda: {"pruned_in": streams["pruned_in"], **result.progress()})
     dist = parallel.Layers.start(config, device, len(walk.layers))
     if dist.world > 1 and checkpoint_dir:
         raise UsageError("--checkpoint-dir cannot be combined with --parallel-layers under torchrun")
     walk.stop = dist.last_layer() + 1
     if walk.resumed:
         streams["pruned_in"] = walk.resumed["pruned_in"]
-        result.operators = [OperatorResult(**op) for op in walk.resumed["operators"]]
-        result.timings = walk.resumed["timings"]
+        result.resume(walk.resumed)
     elif inter:
         streams["pruned_in"] = walk.hidden.clone()
     result.timings["calibration"] += walk.capture_seconds

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,14 @@ class PruneResult:
         total = sum(op.shape[0] * op.shape[1] for op in self.operators)
         zeros = sum(op.sparsity * op.shape[0] * op.shape[1] for op in self.operators)
         return zeros / total if total else 0.0
+
+    def progress(self) -> dict:
+        """The operators and timings so far as plain data, for a checkpoint (`resume` reads it back)."""
+        return {"operators": [asdict(op) for op in self.operators], "timings": dict(self.timings)}
+
+    def resume(self, progress: dict) -> None:
+        self.operators = [OperatorResult(**op) for op in progress["operators"]]
+        self.timings = dict(progress["timings"])
 
     def before_save(self, model: nn.Module, directory) -> dict | None:
         """A method's last step before its model is saved into `directory` (e.g. unmerged adapters written

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -59,11 +58,9 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
     walk = LayerWalk(model, calib_ids, device=device, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern}", checkpoint=checkpoint,
-                     state=lambda: {"operators": [asdict(op) for op in result.operators],
-                                    "timings": dict(result.timings)})
+                     state=result.progress)
     if walk.resumed:
-        result.operators = [OperatorResult(**op) for op in walk.resumed["operators"]]
-        result.timings = walk.resumed["timings"]
+        result.resume(walk.resumed)
     result.timings["calibration"] += walk.capture_seconds
     if layer_sparsity is not None:
         if config.pattern.is_nm:

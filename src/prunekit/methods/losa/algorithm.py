@@ -110,7 +110,8 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib, model) if checkpoint_dir else None
     dense, last, first = None, None, 1
     if checkpoint and (saved := checkpoint.read("losa_stage.pt")) is not None:
-        dense, last, first = saved["dense"], PruneResult([OperatorResult(**op) for op in saved["last"]]), saved["stage"] + 1
+        dense, last, first = saved["dense"], PruneResult(), saved["stage"] + 1
+        last.resume(saved["last"])
         model.load_state_dict(saved["model"])
         adapters.factors, result.timings, result.details = saved["factors"], saved["timings"], saved["details"]
         set_rng_state(saved["rng"])
@@ -180,7 +181,7 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
         if checkpoint and t < T:  # the masked adapter is merged and detached: the model is plain again
             checkpoint.write("losa_stage.pt", {
                 "stage": t, "model": model.state_dict(), "factors": adapters.factors, "dense": dense,
-                "last": [dataclasses.asdict(op) for op in last.operators], "timings": result.timings,
+                "last": last.progress(), "timings": result.timings,
                 "details": result.details, "rng": rng_state()})
 
     result.operators = _final_operators(model, adapter, last)
