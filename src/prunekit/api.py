@@ -17,20 +17,25 @@ from .eval.perplexity import perplexity
 from .models.adapters import get_adapter
 from .patterns import check_widths
 from .pruners.base import PruneConfig
+from .streaming import layer_store
 
 BOS_MODES = ("auto", "always", "never")
 
 
 def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batch_size: int = 8,
-          progress: bool = True, checkpoint_dir=None, tokenizer=None) -> PrunedModel:
+          progress: bool = True, checkpoint_dir=None, tokenizer=None, offload: str | None = None) -> PrunedModel:
     """Prune `model` in place: `config` says how (e.g. WandaConfig(sparsity=0.5, pattern="2:4")),
     `calib` holds the calibration windows as token ids [nsamples, seqlen]. Methods that fine-tune
-    (LosaConfig) also need the `tokenizer` for their training text. The result reads like the method's
-    PruneResult and `result.save(directory)` writes the model and report.json as the CLI does."""
+    (LosaConfig) also need the `tokenizer` for their training text. `offload` (none, cpu, disk) says where the
+    layers not being pruned wait; default: disk for a model loaded with `load_model(..., offload="disk")`,
+    else cpu. The result reads like the method's PruneResult and `result.save(directory)` writes the model
+    and report.json as the CLI does."""
     check_compatible(model, config)
+    if offload is None:
+        offload = "disk" if layer_store(model) is not None else "cpu"
     return pruned_model(model, config, calib, lambda: methods.run(
         model, config, calib, device=device, batch_size=batch_size, progress=progress,
-        checkpoint_dir=checkpoint_dir, tokenizer=tokenizer), tokenizer)
+        checkpoint_dir=checkpoint_dir, tokenizer=tokenizer, offload=offload), tokenizer)
 
 
 def check_compatible(model, config: PruneConfig) -> None:
@@ -106,13 +111,22 @@ def split_tasks(specs: list[str]) -> tuple[list[str], list[str]]:
     return ppl, tasks
 
 
+def check_streamed_tasks(streamed: bool, tasks) -> None:
+    """Zero-shot scoring runs the whole model at once: refused for a model streamed from disk."""
+    if streamed and tasks:
+        raise UsageError("zero-shot tasks need the whole model in memory: with --offload disk evaluate "
+                         "perplexity only, or use --offload cpu")
+
+
 def evaluate_suite(model, tokenizer, sets: dict, tasks: dict, *, device="cpu", batch_size: int = 1,
                    bos: int | None = None, limit: int | None = None, progress: bool = True) -> dict:
     """Perplexity on prepared `sets` (see evaluation_sets) and zero-shot accuracy on lm-eval `tasks`
     (see zeroshot.load_tasks), as one JSON-ready dict: {"ppl", "zero_shot", "zero_shot_mean", "seconds"}.
 
     Zero-shot prepends BOS exactly when perplexity does (`bos`), through lm-eval's `add_bos_token`."""
-    model.to(device)  # pruning leaves the layers on the offload device (CPU)
+    check_streamed_tasks(layer_store(model) is not None, tasks)
+    if layer_store(model) is None:  # a streamed model's layers come from disk one at a time
+        model.to(device)  # pruning leaves the layers on the offload device (CPU)
     ppl, ppl_seconds = evaluate(model, sets, device, batch_size, bos, progress) if sets else ({}, 0.0)
     out = {"ppl": ppl, "zero_shot": {}, "zero_shot_mean": None, "seconds": {"ppl": ppl_seconds}}
     if tasks:

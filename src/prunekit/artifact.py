@@ -15,11 +15,13 @@ import torch
 import torch.nn as nn
 
 from .engine import PruneResult
+from .eval.plots import draw_layers
 from .errors import UsageError
 from .export import save_compact, save_sliced
 from .methods.slicegpt.layers import is_sliced, parameter_count
 from .outputs import atomic_output_dir, check_finite_weights, check_output_dir, writing
 from .pruners.base import PruneConfig
+from .streaming import layer_store
 from .version import __version__
 
 SAVE_FORMATS = ("hf", "compact")
@@ -80,16 +82,21 @@ class PrunedModel:
 
     def write(self, folder: str | Path, save_format: str = "hf", report_extra: dict | None = None,
               hint: str = "") -> dict:
-        """Write the model and report.json into the existing folder `folder`; returns the report. A model
-        with NaN/Inf weights is refused before anything is written."""
-        check_save_format(self.config, save_format)
+        """Write the model, report.json and layers.png (prunekit.eval.plots) into the existing folder `folder`;
+        returns the report. A model with NaN/Inf weights is refused before anything is written."""
+        store = layer_store(self.model)
+        check_save_format(self.config, save_format, streamed=store is not None)
         check_finite_weights(self.model)
         folder = Path(folder)
         report = self.report(report_extra)
         with writing(folder, hint):
             if extra := self.result.before_save(self.model, folder):
                 report["saved_extra"] = extra
-            if is_sliced(self.model):
+            if store is not None:  # pruned layers already on disk: moved in, the rest and the index written
+                report["saved"] = store.save(folder)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(folder)
+            elif is_sliced(self.model):
                 report["saved"] = save_sliced(self.model, folder, self.tokenizer)
             elif save_format == "compact":
                 report["saved"] = {"format": "compact", **save_compact(self.model, folder, self.tokenizer)}
@@ -99,6 +106,7 @@ class PrunedModel:
                     self.tokenizer.save_pretrained(folder)
                 report["saved"] = {"format": "hf"}
             (folder / "report.json").write_text(json.dumps(report, indent=2))
+            draw_layers(report, folder / "layers.png")
         return report
 
     def save(self, directory: str | Path, save_format: str = "hf", overwrite: bool = False,
@@ -111,7 +119,10 @@ class PrunedModel:
             return self.write(tmp, save_format, report_extra)
 
 
-def check_save_format(config: PruneConfig, save_format: str) -> None:
+def check_save_format(config: PruneConfig, save_format: str, streamed: bool = False) -> None:
+    if streamed and save_format != "hf":
+        raise UsageError("a model streamed from disk (--offload disk) is saved in the Hugging Face format: drop "
+                         "--save-format compact, or prune with --offload cpu")
     if save_format not in SAVE_FORMATS:
         raise UsageError(f"unknown save format {save_format!r}: choose one of {', '.join(SAVE_FORMATS)}")
     if save_format == "compact" and config.removes == "slicing":

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UsageError
+from .streaming import layer_store
 
 
 MANIFEST = "checkpoint.json"
@@ -164,9 +165,11 @@ def model_fingerprint(model: nn.Module, samples: int = 4096) -> str:
     model size (no copy of a whole tensor), and different for models whose weights differ anywhere but in a
     few unsampled values."""
     h = hashlib.sha256()
+    store = layer_store(model)  # a streamed model's layers are on disk: their files stand in for their values
+    h.update(store.identity().encode() if store else b"")
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1)
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        if flat.numel():
+        if flat.numel() and not flat.is_meta:
             h.update(flat[:: max(1, flat.numel() // samples)].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -26,14 +26,17 @@ from .data import NAMES, read_text_file
 from .errors import UsageError
 from .eval import zeroshot
 from .eval.speed import bench, plot
+from .eval.plots import comparison_table, draw_comparison, read_reports
 from .eval.table import results_table
-from .methods import check_options, config_class, method_configs
+from .methods import OFFLOADS, check_options, config_class, method_configs
 from .models.adapters import get_adapter
 from .load import load_model
 from .models.loading import EMBEDDED_MODELS, parse_dtype
 from .outputs import (atomic_output_dir, check_checkpoint_dir, check_finite_weights, check_output_dir,
                       check_output_file, write_text_atomic, writing)
 from .pruners import PruneConfig
+from .resources import peak_memory, reset_peak
+from .streaming import auto_offload
 from .pruners.base import flag_name
 from .version import __version__
 
@@ -118,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--skip-dense-eval", action="store_true", help="evaluate only the pruned model")
     p.add_argument("--checkpoint-dir", help="save progress after every layer here; rerun to resume")
+    p.add_argument("--offload", default="auto", choices=("auto", *OFFLOADS),
+                   help="where the layers not being pruned wait: none (on the device), cpu, or disk (read from "
+                        "the model's safetensors one layer at a time, for models larger than host memory); "
+                        "auto picks from the model's size and the free memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_method_options(p)
 
@@ -148,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the JSON results instead of the table (always JSON without --tasks)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("report", help="compare pruning runs: a table of their results and one figure per layer")
+    p.add_argument("runs", nargs="+", help="folders written by prunekit prune (each holds report.json)")
+    p.add_argument("--output", default="report.png", help="PNG file for the figure (default report.png)")
 
     p = sub.add_parser("task-configs", help="write prunekit's zero-shot task configs for the lm_eval command")
     p.add_argument("--task-data", required=True, help="folder of the local zero-shot JSONL files")
@@ -301,7 +312,7 @@ def _log(message: str) -> None:
 
 def cmd_prune(args) -> int:
     config = _method_config(args)
-    check_options(config, args.checkpoint_dir)  # what the method supports: one line before any work
+    found = check_options(config, args.checkpoint_dir, "cpu" if args.offload == "auto" else args.offload)
     _check_positive(nsamples=args.nsamples, seqlen=args.seqlen, eval_seqlen=args.eval_seqlen,
                     max_eval_segments=args.max_eval_segments, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size, limit=args.limit)
@@ -313,6 +324,9 @@ def cmd_prune(args) -> int:
     check_output_dir(args.output, args.overwrite)
     if args.checkpoint_dir:
         check_checkpoint_dir(args.checkpoint_dir)
+    offload = _offload(args, found, device, dtype)  # after the cheap checks: `auto` logs its choice
+    api.check_streamed_tasks(offload == "disk", task_names)
+    check_save_format(config, args.save_format, streamed=offload == "disk")
     if getattr(config, "parallel_layers", False):
         device = parallel.init(device)  # under torchrun: join the process group, take this rank's GPU
         if parallel.rank() > 0:
@@ -322,7 +336,7 @@ def cmd_prune(args) -> int:
     torch.manual_seed(args.seed)
 
     with atomic_output_dir(args.output, args.overwrite) as tmp:
-        model, tokenizer = load_model(args.model, dtype, device)
+        model, tokenizer = load_model(args.model, dtype, device, offload=offload, workdir=tmp / ".layers")
         _fit_windows(args, model)
         api.check_compatible(model, config)  # architecture, N:M widths: refused before any long work
         bos = api.bos_id(model, tokenizer, args.eval_bos)
@@ -338,8 +352,10 @@ def cmd_prune(args) -> int:
         suite = dict(device=device, batch_size=args.eval_batch_size, bos=bos, limit=args.limit, progress=progress)
         if (sets or tasks) and not args.skip_dense_eval:
             evaluations["dense"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
+        reset_peak(device)
         result = api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=progress,
-                           checkpoint_dir=args.checkpoint_dir, tokenizer=tokenizer)
+                           checkpoint_dir=args.checkpoint_dir, tokenizer=tokenizer, offload=offload)
+        pruning_memory = peak_memory(device)
         if sets or tasks:
             evaluations["pruned"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
         eval_seconds = sum(sum(e["seconds"].values()) for e in evaluations.values())
@@ -354,6 +370,8 @@ def cmd_prune(args) -> int:
                                if e["zero_shot_mean"]},
             "table": table,
             "timings": {"eval": eval_seconds},
+            "offload": offload,
+            "peak_memory": {"pruning": pruning_memory, "run": peak_memory(device)},
             "environment": _environment(device, dtype),
         })
 
@@ -369,6 +387,23 @@ def cmd_prune(args) -> int:
         print(table)
     print(f"saved to {args.output} (report: {args.output}/report.json)")
     return 0
+
+
+def _offload(args, method, device: str, dtype) -> str:
+    """--offload as given, or for `auto` the choice streaming.auto_offload makes from the model's size and the
+    free host and GPU memory (logged with its reason unless it is cpu)."""
+    if args.offload != "auto":
+        return args.offload
+    if len(method.offload) == 1:
+        return method.offload[0]
+    path = Path(args.model).expanduser()
+    if not path.is_dir():  # an embedded name, a .gguf or a hub id: held in memory
+        return "cpu"
+    choice, why = auto_offload(str(path), method.offload, device, args.nsamples,
+                               args.seqlen or WINDOW_DEFAULTS["seqlen"], dtype)
+    if choice != "cpu":  # the choice that differs from holding the model in host memory is worth a note
+        _log(f"--offload auto: {choice} ({why})")
+    return choice
 
 
 def _prune_share(args, config, device, dtype) -> int:
@@ -497,6 +532,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    reports = read_reports(args.runs)
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
+    print(comparison_table(reports))
+    draw_comparison(reports, output)
+    print(f"figure: {output}")
+    return 0
+
+
 def cmd_task_configs(args) -> int:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     zeroshot.check_tasks(names, args.task_data)
@@ -544,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt():
             args = build_parser().parse_args(argv)
-            return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench,
+            return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
                     "task-configs": cmd_task_configs, "finetune": cmd_finetune}[args.command](args)
     except UsageError as err:
         print(f"prunekit: error: {err}", file=sys.stderr)

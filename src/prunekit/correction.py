@@ -18,6 +18,7 @@ Layer inputs: the dense stream is always propagated by the dense copy; the prune
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import torch
@@ -132,14 +133,16 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
 
 @torch.no_grad()
 def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu",
-                              batch_size: int = 8, progress: bool = True, checkpoint_dir=None) -> PruneResult:
+                              batch_size: int = 8, progress: bool = True, checkpoint_dir=None,
+                              offload="cpu", layer_sparsity=None) -> PruneResult:
     """prune_layerwise for configs with `error_correction` (FISTAPruner). With `config.parallel_layers`
     under torchrun, each rank prunes its share of the layers and all ranks end with the whole model."""
     result = PruneResult()
     inter = config.error_correction == "intra+inter"
-    checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model) if checkpoint_dir else None
+    extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
     streams = {"pruned_in": None}
-    walk = LayerWalk(model, calib_ids, device=device, batch_size=batch_size, progress=progress,
+    walk = LayerWalk(model, calib_ids, device=device, offload=offload, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern} {config.error_correction}", checkpoint=checkpoint,
                      state=lambda: {"pruned_in": streams["pruned_in"], **result.progress()})
     dist = parallel.Layers.start(config, device, len(walk.layers))
@@ -157,7 +160,9 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
         t0 = time.perf_counter()
         pruned_in = streams["pruned_in"]
         if dist.owns(index):
-            ops, prune_s = prune_layer_corrected(layer, walk.adapter, config, walk.hidden, pruned_in, kwargs, device,
+            layer_config = config if layer_sparsity is None else \
+                dataclasses.replace(config, sparsity=layer_sparsity[index])
+            ops, prune_s = prune_layer_corrected(layer, walk.adapter, layer_config, walk.hidden, pruned_in, kwargs, device,
                                                  batch_size, walk.adapter.layer_prefix(index))
             result.operators += ops
             result.timings["pruning"] += prune_s

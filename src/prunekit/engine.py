@@ -8,8 +8,10 @@ between devices.
    and, with a checkpoint, save its state, the next layer's inputs and the method's progress.
 
 Only the current layer and one batch of activations sit on the device, so a model larger than the
-accelerator's memory is processed one layer at a time with the rest offloaded to CPU. Whole-model phases
-(training a rotation or adapters) take the model to the device with `on_device`.
+accelerator's memory is processed one layer at a time with the rest offloaded to CPU (`offload`; the device
+itself for `--offload none`). A streamed model (prunekit.streaming, `--offload disk`) keeps its layers on disk:
+the walker reads each one before its turn and writes it out after. Whole-model phases (training a rotation or
+adapters) take the model to the device with `on_device`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoints import RunCheckpoint
 from .errors import UsageError
 from .models.adapters import Adapter, get_adapter
+from .streaming import layer_store
 
 OFFLOAD = "cpu"  # where layers and activations wait while another layer works
 
@@ -118,8 +121,20 @@ def capture_inputs(adapter: Adapter, input_ids: torch.Tensor, device, offload=OF
         adapter.model.to(offload)
         for i, layer in enumerate(originals):
             layers[i] = layer
-    hidden = torch.cat([h.to(offload) for h in sink["hidden"]])
-    return LayerInputs(hidden, [sink["kwargs"][i] for i in range(len(originals))])
+    return LayerInputs(_gather(sink["hidden"], device, offload), [sink["kwargs"][i] for i in range(len(originals))])
+
+
+def _gather(parts: list[torch.Tensor], device, offload) -> torch.Tensor:
+    """The captured batches as one tensor on the offload device; in pinned (page-locked) host memory when the
+    layers run on a GPU, so that every pass over the activations copies at full PCIe bandwidth."""
+    pinned = torch.device(device).type == "cuda" and torch.device(offload).type == "cpu"
+    hidden = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype,
+                         device=offload, pin_memory=pinned)
+    start = 0
+    for part in parts:
+        hidden[start:start + part.shape[0]].copy_(part)
+        start += part.shape[0]
+    return hidden
 
 
 def forward_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, device, batch_size: int,
@@ -157,14 +172,18 @@ class LayerWalk:
 
     With a `checkpoint`, after each layer its state, `walk.hidden` and the method's `state()` are saved; a
     rerun starts after the last saved layer, with those layers loaded and `walk.resumed` = that `state()`
-    (None on a fresh start). `stop` ends the walk before that layer (a torchrun rank's share)."""
+    (None on a fresh start). `stop` ends the walk before that layer (a torchrun rank's share).
+
+    On a streamed model each layer is read from disk before its turn and written out after it (`read_only`:
+    an evaluation pass, nothing written)."""
 
     def __init__(self, model: nn.Module, calib_ids: torch.Tensor, *, device="cpu", offload=OFFLOAD,
                  batch_size: int = 8, progress: bool = True, desc: str = "layers",
                  checkpoint: RunCheckpoint | None = None, state: Callable[[], dict] | None = None,
-                 stop: int | None = None):
+                 stop: int | None = None, read_only: bool = False):
         self.adapter = get_adapter(model)
         self.layers = self.adapter.layers()
+        self.store, self.read_only = layer_store(model), read_only
         self.device, self.offload, self.batch_size = device, offload, batch_size
         self.progress, self.desc, self.checkpoint, self.state = progress, desc, checkpoint, state
         self.stop = len(self.layers) if stop is None else stop
@@ -189,6 +208,8 @@ class LayerWalk:
         bar = tqdm(range(self.start, self.stop), desc=self.desc, disable=not self.progress, initial=self.start,
                    total=self.stop, unit="layer")
         for index in bar:
+            if self.store:
+                self.store.load(index)
             layer = self.layers[index].to(self.device)
             yield index, layer, self.inputs.kwargs[index]
             self.layers[index] = layer.to(self.offload)
@@ -196,6 +217,8 @@ class LayerWalk:
                 self.checkpoint.write(f"layer_{index}.pt", self.layers[index].state_dict())
                 self.checkpoint.write("progress.pt", {"next_layer": index + 1, "hidden": self.inputs.hidden,
                                                       "state": self.state() if self.state else None})
+            if self.store:
+                (self.store.drop if self.read_only else self.store.release)(index)
 
     def forward(self, layer: nn.Module, kwargs: dict, hidden: torch.Tensor | None = None,
                 out: torch.Tensor | None = None, on_batch=None) -> torch.Tensor | None:
@@ -206,8 +229,12 @@ class LayerWalk:
 
     def _load_layer(self, i: int) -> None:
         path = self.checkpoint.dir / f"layer_{i}.pt"
+        if self.store:  # storage to load into; the finished layer goes straight back to disk
+            self.layers[i].to_empty(device="cpu")
         try:
             self.layers[i].load_state_dict(self.checkpoint.read(f"layer_{i}.pt"))
         except (RuntimeError, KeyError, TypeError, AttributeError) as err:
             raise UsageError(f"checkpoint file {path} does not fit layer {i} ({type(err).__name__}): delete "
                              f"{self.checkpoint.dir} to start fresh") from err
+        if self.store:
+            self.store.release(i)

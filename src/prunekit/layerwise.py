@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .allocation import layer_rates
 from .checkpoints import RunCheckpoint
 from .correction import prune_layerwise_corrected
 from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward
@@ -24,10 +25,12 @@ from .pruners.base import PruneConfig
 
 
 def reconstruction_error(W: torch.Tensor, W_pruned: torch.Tensor, X: torch.Tensor, chunk: int = 4096) -> float:
-    """||W Xᵀ − Ŵ Xᵀ||²_F / ||W Xᵀ||²_F for inputs X [tokens, in], in chunks of tokens."""
+    """||W Xᵀ − Ŵ Xᵀ||²_F / ||W Xᵀ||²_F for inputs X [tokens, in] (any float dtype: computed in W's), in chunks
+    of tokens."""
     num = den = 0.0
     delta = W - W_pruned
     for part in X.split(chunk):
+        part = part.to(W.device, W.dtype)
         num += (part @ delta.t()).pow(2).sum().item()
         den += (part @ W.t()).pow(2).sum().item()
     return num / den if den > 0 else 0.0
@@ -36,27 +39,36 @@ def reconstruction_error(W: torch.Tensor, W_pruned: torch.Tensor, X: torch.Tenso
 @torch.no_grad()
 def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tensor, *, device="cpu",
                     batch_size: int = 8, recon_windows: int = 8, progress: bool = True,
-                    checkpoint_dir: str | Path | None = None,
+                    checkpoint_dir: str | Path | None = None, offload="cpu",
                     layer_sparsity: Sequence[float] | None = None,
                     on_layer_done: Callable[[int, torch.Tensor], None] | None = None) -> PruneResult:
     """Prune every linear operator of every decoder layer of `model` with `config`'s pruner, layer by layer.
 
+    `offload`: where layers and activations wait while another layer is pruned (the walker's offload device).
     With `checkpoint_dir`, the state after each layer is saved there and a rerun with the same model,
     config and calibration windows resumes after the last finished layer.
-    `layer_sparsity` gives each decoder layer its own target instead of `config.sparsity` (non-uniform
-    allocations: LoSA's RMI rates, OWL, ...; unstructured only).
+    `layer_sparsity` gives each decoder layer its own target instead of `config.sparsity` (unstructured only);
+    left None, the config's own allocation (`--layer-sparsity`: uniform, owl, rmi; prunekit.allocation) decides
+    them on the dense model first, and report.json's details record them.
     `on_layer_done(index, hidden)` sees the outputs of each pruned layer on the calibration windows
     (hidden [windows, seqlen, dim], the next layer's inputs; read it, don't keep a reference).
     """
+    allocation = {}
+    if layer_sparsity is None and getattr(config, "layer_sparsity", "uniform") != "uniform":
+        layer_sparsity, allocation = layer_rates(config, model, calib_ids, device=device, offload=offload,
+                                                 batch_size=batch_size, progress=progress)
     if config.paired_inputs:
-        if layer_sparsity is not None or on_layer_done is not None:
-            raise UsageError(f"{config.method} takes one sparsity for all layers (no per-layer rates yet)")
-        return prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
-                                         progress=progress, checkpoint_dir=checkpoint_dir)
-    result = PruneResult()
+        if on_layer_done is not None:
+            raise UsageError(f"{config.method} keeps no per-layer outputs to hand out (on_layer_done)")
+        result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
+                                           progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,
+                                           layer_sparsity=layer_sparsity)
+        result.details.update({"layer_sparsity": allocation} if allocation else {})
+        return result
+    result = PruneResult(details={"layer_sparsity": allocation} if allocation else {})
     extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
-    walk = LayerWalk(model, calib_ids, device=device, batch_size=batch_size, progress=progress,
+    walk = LayerWalk(model, calib_ids, device=device, offload=offload, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern}", checkpoint=checkpoint,
                      state=result.progress)
     if walk.resumed:
@@ -74,7 +86,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
         pruners = [layer_config.make_pruner(group[0][1].in_features, device) for group in groups]
 
         t0 = time.perf_counter()
-        hooks = _StatisticsHooks(groups, pruners, recon_windows)
+        hooks = _StatisticsHooks(groups, pruners, recon_windows, walk.offload)
         try:
             walk.forward(layer, kwargs, on_batch=hooks.set_batch)
         finally:
@@ -110,10 +122,11 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
 class _StatisticsHooks:
     """Forward pre-hooks that give each group's input to the group's pruner (operators in a group read
     the same input, so statistics are gathered once per group) and keep the first windows for the
-    reconstruction error. The last operator of the layer stops the forward pass: its output is not needed."""
+    reconstruction error (on `keep_on`, the walker's offload device). The last operator of the layer stops the
+    forward pass: its output is not needed."""
 
-    def __init__(self, groups: list[list[tuple[str, nn.Linear]]], pruners: list, recon_windows: int):
-        self.pruners, self.recon_windows = pruners, recon_windows
+    def __init__(self, groups: list[list[tuple[str, nn.Linear]]], pruners: list, recon_windows: int, keep_on="cpu"):
+        self.pruners, self.recon_windows, self.keep_on = pruners, recon_windows, keep_on
         self.recon_inputs: list[list[torch.Tensor]] = [[] for _ in groups]
         self.batch_start = 0
         self.handles = [group[0][1].register_forward_pre_hook(self._collect(g)) for g, group in enumerate(groups)]
@@ -128,7 +141,8 @@ class _StatisticsHooks:
             self.pruners[g].add_batch(x.reshape(-1, x.shape[-1]))
             keep = self.recon_windows - self.batch_start
             if keep > 0:
-                self.recon_inputs[g].append(x[:keep].reshape(-1, x.shape[-1]).float())
+                # as the layer sees them, where activations wait (off the GPU unless --offload none)
+                self.recon_inputs[g].append(x[:keep].reshape(-1, x.shape[-1]).to(self.keep_on, copy=True))
 
         return hook
 

@@ -10,14 +10,22 @@ import torch
 from .errors import UsageError
 from .export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 from .models.loading import EMBEDDED_MODELS, parse_dtype, resolve_model
+from .streaming import load_streamed
 
 
-def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu"):
+def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32", device: str = "cpu",
+               offload: str = "cpu", workdir=None):
     """(model, tokenizer) for an embedded name, a local directory or .gguf file, or a hub id; model in eval mode.
-    A damaged or incomplete local model (truncated file, corrupt header, missing tokenizer) is a UsageError."""
+    A damaged or incomplete local model (truncated file, corrupt header, missing tokenizer) is a UsageError.
+
+    `offload="disk"`: only the model's skeleton is loaded, its decoder layers stay in the safetensors files and
+    are read one at a time when a layer walk reaches them (prunekit.streaming); pruned layers are written to
+    `workdir` until the model is saved."""
     torch_dtype = parse_dtype(dtype)
     try:
         source = resolve_model(spec)
+        if offload == "disk":
+            return _load_streamed(source, torch_dtype, workdir)
         model, tokenizer = _load_source(source, torch_dtype)
     except UsageError:
         raise
@@ -25,6 +33,16 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
         raise UsageError(f"could not load model {spec!r}: {_one_line(err)} ({_load_hint(spec)})") from err
     model.eval()
     return model.to(device), tokenizer
+
+
+def _load_streamed(source: str, dtype: torch.dtype, workdir):
+    from transformers import AutoTokenizer
+
+    if not Path(source).is_dir() or is_sliced_dir(source) or is_compact(source):
+        raise UsageError(f"--offload disk streams a local Hugging Face safetensors directory, not {source}: save "
+                         "the model with save_pretrained first, or use --offload cpu")
+    _check_tokenizer_files(source)
+    return load_streamed(source, dtype, workdir), AutoTokenizer.from_pretrained(source)
 
 
 def _load_source(source: str, dtype: torch.dtype):

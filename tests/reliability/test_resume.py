@@ -20,6 +20,7 @@ METHODS = {
     "wanda": ["--method", "wanda"],
     "sparsegpt": ["--method", "sparsegpt", "--pattern", "2:4"],
     "fista": ["--method", "fista"],
+    "fista-disk": ["--method", "fista", "--offload", "disk"],  # layers streamed from the model's file
     "losa": ["--method", "losa", "--stages", 3, *LOSA_SMALL],
     "rotpruner": ["--method", "rotpruner", "--steps", 4, "--train-samples", 2],
     "slicegpt": ["--method", "slicegpt", "--slicing", 0.25],

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..engine import LayerWalk, on_device
+from ..streaming import layer_store
+
 
 #: most logits (elements) one forward pass may produce: 2^30 fp32 values = 4 GiB
 MAX_LOGITS = 2**30
@@ -31,6 +34,8 @@ def perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, 
     BOS alone, is then not scored ("the loss is taken over the text tokens after the first").
     `batch_size` windows per forward pass at most (fewer where the logits would pass MAX_LOGITS).
     """
+    if layer_store(model) is not None:
+        return streamed_perplexity(model, windows, device, batch_size, skip_first, progress, desc)
     nll, count = 0.0, 0
     batch_size = windows_per_pass(model, windows, batch_size)
     for batch in tqdm(windows.split(batch_size), desc=desc, disable=not progress, leave=False):
@@ -39,4 +44,28 @@ def perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, 
         labels = batch[:, skip_first + 1:]
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum").item()
         count += labels.numel()
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def streamed_perplexity(model, windows: torch.Tensor, device="cpu", batch_size: int = 1, skip_first: int = 0,
+                        progress: bool = True, desc: str = "perplexity") -> float:
+    """perplexity() of a streamed model (prunekit.streaming): the windows go through the decoder layers one
+    layer at a time, each read from disk, then through the final norm and the head."""
+    walk = LayerWalk(model, windows, device=device, batch_size=batch_size, progress=progress, desc=desc,
+                     read_only=True)
+    for _, layer, kwargs in walk:
+        walk.forward(layer, kwargs, out=walk.hidden)
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    nll, count = 0.0, 0
+    norm = model.get_submodule(walk.adapter.final_norm_path)
+    with on_device(norm, device, walk.offload), on_device(model.get_output_embeddings(), device, walk.offload) as head:
+        step = windows_per_pass(model, windows, batch_size)
+        for start in range(0, windows.shape[0], step):
+            logits = head(norm(walk.hidden[start:start + step].to(device)))[:, skip_first:-1].float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            labels = windows[start:start + step, skip_first + 1:].to(device)
+            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum").item()
+            count += labels.numel()
     return math.exp(nll / count)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..layerwise import prune_layerwise
+from ..streaming import layer_store
 from ..pruners import PRUNERS, PruneConfig
 from ..pruners.wanda_channels import WandaChannelsConfig, prune_channels
 from .losa.algorithm import losa as run_losa
@@ -32,6 +33,11 @@ class Method:
     run: Callable
     checkpoint: bool = True  # --checkpoint-dir: progress saved, a rerun resumes
     tokenizer: bool = False  # fine-tunes on text, so it needs the tokenizer
+    offload: tuple[str, ...] = ("cpu",)  # where the layers not being worked on may wait (--offload)
+
+
+#: --offload choices: the device itself, host memory, or the model's files on disk (prunekit.streaming)
+OFFLOADS = ("none", "cpu", "disk")
 
 
 WHOLE_MODEL: dict[str, Method] = {m.config.method: m for m in (
@@ -46,7 +52,7 @@ WHOLE_MODEL: dict[str, Method] = {m.config.method: m for m in (
 def method(name: str) -> Method:
     """The registered method `name`: a pruner (run layer by layer) or a whole-model method."""
     if name in PRUNERS:
-        return Method(PRUNERS[name], prune_layerwise)
+        return Method(PRUNERS[name], prune_layerwise, offload=OFFLOADS)
     if name in WHOLE_MODEL:
         return WHOLE_MODEL[name]
     raise UsageError(f"unknown method {name!r}: choose one of {', '.join(method_configs())}")
@@ -70,22 +76,35 @@ def config_class(name: str) -> type[PruneConfig]:
     return method(name).config
 
 
-def check_options(config: PruneConfig, checkpoint_dir=None) -> Method:
+def check_options(config: PruneConfig, checkpoint_dir=None, offload: str = "cpu") -> Method:
     """The method of `config`, or a UsageError naming an option it does not support."""
     found = method(config.method)
     if checkpoint_dir and not found.checkpoint:
         raise UsageError(f"--checkpoint-dir is not supported by --method {config.method}")
+    if offload not in OFFLOADS:
+        raise UsageError(f"unknown --offload {offload!r}: choose one of {', '.join(OFFLOADS)}")
+    if offload not in found.offload:
+        raise UsageError(f"--offload {offload} is not supported by --method {config.method} (it takes the whole "
+                         f"model: use --offload {' or '.join(found.offload)})")
+    if offload == "disk" and getattr(config, "parallel_layers", False):
+        raise UsageError("--offload disk cannot be combined with --parallel-layers: use --offload cpu")
     return found
 
 
 def run(model, config: PruneConfig, calib, *, device="cpu", batch_size: int = 8, progress: bool = True,
-        checkpoint_dir=None, tokenizer=None):
-    """Run `config`'s method on `model` in place; returns its PruneResult."""
-    found = check_options(config, checkpoint_dir)
+        checkpoint_dir=None, tokenizer=None, offload: str = "cpu"):
+    """Run `config`'s method on `model` in place; returns its PruneResult. `offload` (OFFLOADS) says where
+    layers wait while another is pruned: "disk" needs a model loaded with `load_model(..., offload="disk")`."""
+    found = check_options(config, checkpoint_dir, offload)
+    if (offload == "disk") != (layer_store(model) is not None):
+        raise UsageError("--offload disk needs the model loaded from disk layer by layer (load_model(path, "
+                         "offload='disk')), and such a model needs --offload disk")
     options = {"tokenizer": tokenizer} if found.tokenizer else {}
+    if len(found.offload) > 1:
+        options["offload"] = device if offload == "none" else "cpu"  # disk: layers go to disk via the host
     return found.run(model, config, calib, device=device, batch_size=batch_size, progress=progress,
                      checkpoint_dir=checkpoint_dir, **options)
 
 
-__all__ = ["LosaConfig", "Method", "RotPrunerConfig", "RotPrunerStructuredConfig", "SliceGPTConfig", "WHOLE_MODEL",
+__all__ = ["OFFLOADS", "LosaConfig", "Method", "RotPrunerConfig", "RotPrunerStructuredConfig", "SliceGPTConfig", "WHOLE_MODEL",
            "WandaChannelsConfig", "check_options", "config_class", "method", "method_configs", "run"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -26,6 +26,8 @@ import torch
 from ..patterns import Pattern, check_sparsity, select_mask
 
 UNSTRUCTURED_DEFAULT = 0.5
+#: --layer-sparsity: how the target is spread over the decoder layers (prunekit.allocation)
+ALLOCATIONS = ("uniform", "owl", "rmi")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class PruneConfig:
     summary: ClassVar[str] = ""  # what it does, in one line (README's method table is made of these)
     paper: ClassVar[str] = ""  # where it comes from ("—" for a folk baseline)
     needs_calibration: ClassVar[bool] = True
-    #: the engine can give each decoder layer its own sparsity (OWL, LoSA's RMI rates)
+    #: LoSA can drive it: prune_layerwise with its own per-layer rates, handing out each pruned layer's outputs
     per_layer_sparsity: ClassVar[bool] = True
     #: the pruner fits W* X* to the dense W X: it runs on prunekit.correction's paired dense/pruned loop
     paired_inputs: ClassVar[bool] = False
@@ -77,6 +79,28 @@ class PruneConfig:
 
     def check_model(self, model) -> None:
         """A UsageError, before any work, for a model this method cannot serve (default: any it can load)."""
+
+
+@dataclass
+class LayerwiseConfig(PruneConfig):
+    """A per-operator pruner's config: the pruner runs layer by layer (prunekit.layerwise), each decoder layer at
+    the sparsity its `layer_sparsity` allocation gives (prunekit.allocation), averaging `sparsity`."""
+
+    layer_sparsity: str = field(default="uniform", metadata={
+        "help": "per-layer sparsity: uniform, owl (layers with more outlier weights pruned less) or rmi (layers "
+                "whose representation the others share pruned more, LoSA's rule)"})
+    owl_m: float = field(default=5.0, metadata={
+        "help": "OWL: a weight is an outlier when |W_ij|·‖X_j‖ exceeds M × its layer's mean", "above": 0.0})
+    owl_lambda: float = field(default=0.08, metadata={
+        "help": "OWL: every layer's sparsity stays within the target ± λ", "min": 0.0})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layer_sparsity not in ALLOCATIONS:
+            raise ValueError(f"unknown --layer-sparsity {self.layer_sparsity!r}: choose one of {', '.join(ALLOCATIONS)}")
+        if self.layer_sparsity != "uniform" and self.pattern.is_nm:
+            raise ValueError(f"--layer-sparsity {self.layer_sparsity} gives each layer its own fraction of zeros: "
+                             f"use --pattern unstructured, not {self.pattern}")
 
 
 class Pruned(NamedTuple):

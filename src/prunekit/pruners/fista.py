@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from ..patterns import keep_in_matrix, keep_n_of_m, select_mask
-from .base import PruneConfig, Pruned, Pruner
+from .base import LayerwiseConfig, Pruned, Pruner
 
 ERROR_CORRECTION = ("intra", "none", "intra+inter")
 WARM_STARTS = ("wanda", "zero", "dense")
@@ -39,7 +39,7 @@ ROUNDINGS = ("wanda", "magnitude")
 
 
 @dataclass
-class FistaConfig(PruneConfig):
+class FistaConfig(LayerwiseConfig):
     """FISTAPruner's options; the defaults are the settings measured in BENCHMARKS.md."""
 
     method = "fista"
@@ -48,7 +48,7 @@ class FistaConfig(PruneConfig):
         'the mask and a least-squares refit; intra-layer error correction'
     )
     paper = 'Zhao et al., 2024 (FISTAPruner)'
-    per_layer_sparsity = False  # its paired dense/pruned loop (prunekit.correction) takes one sparsity
+    per_layer_sparsity = False  # LoSA cannot drive it: its paired loop (prunekit.correction) keeps no per-layer outputs
     paired_inputs = True
     error_correction: str = field(default="intra", metadata={
         "help": "intra (dense layer inputs, pruned earlier operators of the same layer), "

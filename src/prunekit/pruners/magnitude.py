@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PruneConfig, ScorePruner
+from .base import LayerwiseConfig, ScorePruner
 
 
 @dataclass
-class MagnitudeConfig(PruneConfig):
+class MagnitudeConfig(LayerwiseConfig):
     method = "magnitude"
     summary = 'drop the smallest |W| of each matrix'
     paper = '—'

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import PruneConfig, ScorePruner
+from .base import LayerwiseConfig, ScorePruner
 
 
 @dataclass
-class RIAConfig(PruneConfig):
+class RIAConfig(LayerwiseConfig):
     method = "ria"
     summary = 'drop the smallest (|W_ij|/Σ_row + |W_ij|/Σ_column)·‖X_j‖^a of each output row (`--power` a = 0.5)'
     paper = 'Zhang et al., ICLR 2024 (RIA)'

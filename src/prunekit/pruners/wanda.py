@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PruneConfig, ScorePruner
+from .base import LayerwiseConfig, ScorePruner
 
 
 @dataclass
-class WandaConfig(PruneConfig):
+class WandaConfig(LayerwiseConfig):
     method = "wanda"
     summary = 'drop the smallest |W_ij|·‖X_j‖ of each output row'
     paper = 'Sun et al., 2024'

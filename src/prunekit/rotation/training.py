@@ -64,6 +64,7 @@ class TrainingLog:
             "kl_first": mean(self.kl[:k]), "kl_last": mean(self.kl[-k:]),
             "mse_first": mean(self.mse[:k]), "mse_last": mean(self.mse[-k:]),
             "max_orthonormality_error": self.max_orthonormality_error, "grad_norm_first": self.grad_norm_first,
+            "loss": list(self.loss),  # per step: layers.png draws it
             "peak_memory_bytes": self.peak_memory_bytes, "peak_memory_kind": self.peak_memory_kind,
         }
 

@@ -44,16 +44,17 @@ class RotatedForward:
         return name[len(self.prefix):] if name.startswith(self.prefix) else name
 
     def rotated_weights(self, Q: torch.Tensor, transform: Transform | None = None) -> dict[str, torch.Tensor]:
-        """{parameter name relative to the backbone: rotated (and transformed) tensor}."""
+        """{parameter name relative to the backbone: rotated (and transformed) tensor}, rotated in Q's dtype and
+        handed to the forward pass in the model's own (a bfloat16 model computes in bfloat16)."""
         out = {}
         for path, W in self.readers.items():
             Wr = W.to(Q.dtype) @ Q
-            out[self._local(path + ".weight")] = transform(path, Wr) if transform else Wr
+            out[self._local(path + ".weight")] = (transform(path, Wr) if transform else Wr).to(W.dtype)
         for path, W in self.writers.items():
             Wr = Q.t() @ W.to(Q.dtype)
-            out[self._local(path + ".weight")] = transform(path, Wr) if transform else Wr
+            out[self._local(path + ".weight")] = (transform(path, Wr) if transform else Wr).to(W.dtype)
         for name, b in self.rows.items():
-            out[self._local(name)] = b.to(Q.dtype) @ Q
+            out[self._local(name)] = (b.to(Q.dtype) @ Q).to(b.dtype)
         return out
 
     def __call__(self, input_ids: torch.Tensor, Q: torch.Tensor, transform: Transform | None = None) -> torch.Tensor:

@@ -20,8 +20,9 @@ import time
 import torch
 from safetensors.torch import save_file
 
+from ...allocation.rmi import feature_positions, layer_features, layer_importance, rmi_sparsity, similarity_matrix
 from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
-from ...engine import LayerWalk, OperatorResult, PruneResult
+from ...engine import OperatorResult, PruneResult
 from ...errors import UsageError
 from ...layerwise import prune_layerwise
 from ...models.adapters import get_adapter
@@ -29,7 +30,6 @@ from .config import LosaConfig
 from .data import load_documents, training_windows
 from .model import LosaAdapters
 from .ranks import allocate_ranks, reconstruction_error
-from .rmi import layer_importance, rmi_sparsity, similarity_matrix
 from .schedule import cubic_sparsity, stage_mean_rank
 from .train import finetune
 
@@ -52,26 +52,6 @@ class LosaResult(PruneResult):
         return {"lora_adapters": "lora_adapters.safetensors", "scaling": self.adapters.scaling,
                 "note": "dense LoRA left unmerged: the saved model is the sparse base; ppl was measured with "
                         "W x + scaling * B A x"}
-
-
-def feature_positions(calib: torch.Tensor, windows: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(window index, token index) of `tokens` distinct positions drawn from the first `windows` windows."""
-    windows = min(windows, calib.shape[0])
-    total = windows * calib.shape[1]
-    flat = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:min(tokens, total)].sort().values
-    return flat // calib.shape[1], flat % calib.shape[1]
-
-
-@torch.no_grad()
-def layer_features(model, calib: torch.Tensor, positions, device, batch_size: int) -> list[torch.Tensor]:
-    """Each decoder layer's output at `positions` [n, dim] (fp32, on the offload device)."""
-    windows = int(positions[0].max()) + 1
-    walk = LayerWalk(model, calib[:windows], device=device, batch_size=batch_size, progress=False)
-    features = []
-    for index, layer, kwargs in walk:
-        walk.forward(layer, kwargs, out=walk.hidden)
-        features.append(walk.hidden[positions].float().clone())
-    return features
 
 
 def _peak_memory_mb(device) -> float:

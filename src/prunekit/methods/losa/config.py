@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ...allocation.rmi import rmi_delta
 from ...errors import UsageError
 from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
@@ -94,9 +95,7 @@ class LosaConfig(PruneConfig):
 
     def delta(self, stage_sparsity: float) -> float:
         """Half-width of the RMI bounds: the flag, or the authors' rule by the stage's sparsity."""
-        if self.rmi_delta > 0:
-            return self.rmi_delta
-        return 0.01 if stage_sparsity <= 0.5 else 0.02 if stage_sparsity <= 0.6 else 0.03
+        return self.rmi_delta if self.rmi_delta > 0 else rmi_delta(stage_sparsity)
 
     def check_model(self, model) -> None:
         """Fine-tuning windows must fit the model's context (max_position_embeddings)."""

@@ -43,4 +43,4 @@ def finetune(model, params: list[torch.nn.Parameter], windows: torch.Tensor, *, 
     tenth = max(1, len(losses) // 10)
     return {"steps": steps, "tokens": int(windows.numel()), "seconds": time.perf_counter() - t0,
             "loss_first": sum(losses[:tenth]) / tenth if losses else None,
-            "loss_last": sum(losses[-tenth:]) / tenth if losses else None}
+            "loss_last": sum(losses[-tenth:]) / tenth if losses else None, "loss": losses}

@@ -277,5 +277,5 @@ def parameter_count(model: nn.Module) -> int:
     """Distinct parameters (tied tensors counted once)."""
     seen = {}
     for p in model.parameters():
-        seen[p.data_ptr()] = p.numel()
+        seen[id(p) if p.is_meta else p.data_ptr()] = p.numel()  # a streamed model's layers are on meta
     return sum(seen.values())

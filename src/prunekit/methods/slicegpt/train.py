@@ -55,7 +55,7 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
     backbone = adapter.backbone
     t0 = time.perf_counter()
     with torch.no_grad():  # the dense teacher's final hidden states (the folded final norm has unit scale)
-        z_teacher = torch.cat([backbone(input_ids=b.to(device), use_cache=False).last_hidden_state.cpu()
+        z_teacher = torch.cat([backbone(input_ids=b.to(device), use_cache=False).last_hidden_state.float().cpu()
                                for b in windows[:, :tokens].split(config.train_batch)])
     log.teacher_seconds = time.perf_counter() - t0
     dense = {name: t.to(device, torch.float32) for name, t in dense.items()}

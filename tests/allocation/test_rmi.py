@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from prunekit.methods.losa.rmi import hsic, gram, layer_importance, normalized_hsic, rmi_sparsity, similarity_matrix
+from prunekit.allocation.rmi import hsic, gram, layer_importance, normalized_hsic, rmi_sparsity, similarity_matrix
 
 
 def test_hsic_of_identical_representations_is_maximal():

@@ -13,10 +13,11 @@ of its own and is less important; the rates solve (corrected Eq. 5)
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+
+from ..engine import LayerWalk
+from .rounding import whole_weight_rates
 
 
 def gram(X: torch.Tensor, kernel: str = "linear") -> torch.Tensor:
@@ -103,20 +104,30 @@ def rmi_sparsity(importance: np.ndarray, sizes: list[int], target: float, delta:
                    constraints=({"type": "eq", "fun": lambda x: float(weight @ x) - target,
                                  "jac": lambda x: weight},))
     x = np.clip(res.x if res.success else x0, lo, hi)
-    return _to_whole_weights(x, sizes_arr, target, lo, hi)
+    return whole_weight_rates(x, sizes_arr, target, lo, hi)
 
 
-def _to_whole_weights(x: np.ndarray, sizes: np.ndarray, target: float, lo: np.ndarray, hi: np.ndarray) -> list[float]:
-    """Round x_l n_l to integers whose sum is round(target · Σ n_l), largest remainders first, in bounds."""
-    exact = x * sizes
-    counts = np.clip(np.floor(exact), np.ceil(lo * sizes), np.floor(hi * sizes))
-    want = round(target * sizes.sum())
-    order = np.argsort(-(exact - counts))  # largest fractional part first
-    for _ in range(2):
-        for j in order:
-            if counts.sum() < want and counts[j] + 1 <= math.floor(hi[j] * sizes[j]):
-                counts[j] += 1
-    for j in order[::-1]:  # only when x broke the mean: take from the smallest remainders
-        if counts.sum() > want and counts[j] - 1 >= math.ceil(lo[j] * sizes[j]):
-            counts[j] -= 1
-    return (counts / sizes).tolist()
+def rmi_delta(sparsity: float) -> float:
+    """The authors' half-width of the bounds by the target: 0.01 up to 50%, 0.02 up to 60%, else 0.03."""
+    return 0.01 if sparsity <= 0.5 else 0.02 if sparsity <= 0.6 else 0.03
+
+
+def feature_positions(calib: torch.Tensor, windows: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window index, token index) of `tokens` distinct positions drawn from the first `windows` windows."""
+    windows = min(windows, calib.shape[0])
+    total = windows * calib.shape[1]
+    flat = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:min(tokens, total)].sort().values
+    return flat // calib.shape[1], flat % calib.shape[1]
+
+
+@torch.no_grad()
+def layer_features(model, calib: torch.Tensor, positions, device, batch_size: int, offload="cpu") -> list[torch.Tensor]:
+    """Each decoder layer's output at `positions` [n, dim] (fp32, on the offload device)."""
+    windows = int(positions[0].max()) + 1
+    walk = LayerWalk(model, calib[:windows], device=device, offload=offload, batch_size=batch_size, progress=False,
+                     read_only=True)
+    features = []
+    for index, layer, kwargs in walk:
+        walk.forward(layer, kwargs, out=walk.hidden)
+        features.append(walk.hidden[positions].float().clone())
+    return features
