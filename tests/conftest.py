@@ -80,8 +80,11 @@ def tiny_model(request):
     return FAMILIES[request.param]()
 
 
-def save_tiny(path: Path, family: str = "llama", add_bos: bool = False) -> Path:
-    FAMILIES[family]().save_pretrained(path)
+def save_tiny(path: Path, family: str = "llama", add_bos: bool = False, layers: int = 2,
+              max_shard_size: str | None = None) -> Path:
+    """A tiny model and its tokenizer saved in `path` (`max_shard_size`, e.g. "40KB": many small shards)."""
+    FAMILIES[family](layers=layers).save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size
+                                                              else {}))
     byte_tokenizer(add_bos).save_pretrained(path)
     return path
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import TEXT, FAMILIES, byte_tokenizer, random_windows, run_cli, write_arc
+from conftest import random_windows, run_cli, save_tiny, write_arc
 from reliability.conftest import assert_bit_identical, weights
 
 from prunekit.eval.perplexity import perplexity
@@ -18,8 +18,7 @@ from prunekit.streaming import layer_store, load_streamed
 
 def save_sharded(path, family="llama", layers=4):
     """A tiny model saved in many small shards (every layer split across files), with its tokenizer."""
-    FAMILIES[family](layers=layers).save_pretrained(path, max_shard_size="40KB")
-    byte_tokenizer(add_bos=family == "gemma").save_pretrained(path)
+    save_tiny(path, family, add_bos=family == "gemma", layers=layers, max_shard_size="40KB")
     assert len(list(path.glob("*.safetensors"))) > layers
     return path
 
@@ -29,13 +28,6 @@ def sharded(tmp_path_factory):
     return save_sharded(tmp_path_factory.mktemp("sharded") / "llama")
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("streaming-data") / "text.txt"
-    path.write_text(TEXT)
-    return path
-
-
 def prune_args(model, text, out, *extra):
     return ["prune", "--model", model, "--calib-data", text, "--eval-data", text, "--nsamples", 4, "--seqlen", 32,
             "--eval-seqlen", 64, "--max-eval-segments", 2, "--device", "cpu", "--quiet", "--output", out, *extra]
@@ -43,10 +35,10 @@ def prune_args(model, text, out, *extra):
 
 @pytest.mark.parametrize("method", [["--method", "wanda"], ["--method", "sparsegpt", "--pattern", "2:4"],
                                     ["--method", "fista", "--iters", "5", "--lam-steps", "3"]])
-def test_disk_offload_prunes_the_same_weights(sharded, text, tmp_path, capsys, method):
+def test_disk_offload_prunes_the_same_weights(sharded, text_file, tmp_path, capsys, method):
     streamed, held = tmp_path / "disk", tmp_path / "none"
-    assert run_cli(prune_args(sharded, text, streamed, "--offload", "disk", *method), capsys)[0] == 0
-    assert run_cli(prune_args(sharded, text, held, "--offload", "none", *method), capsys)[0] == 0
+    assert run_cli(prune_args(sharded, text_file, streamed, "--offload", "disk", *method), capsys)[0] == 0
+    assert run_cli(prune_args(sharded, text_file, held, "--offload", "none", *method), capsys)[0] == 0
     assert_bit_identical(streamed, held)
     a, b = (json.loads((d / "report.json").read_text()) for d in (streamed, held))
     assert a["ppl"] == b["ppl"] and a["offload"] == "disk" and b["offload"] == "none"
@@ -56,11 +48,11 @@ def test_disk_offload_prunes_the_same_weights(sharded, text, tmp_path, capsys, m
     assert not (streamed / ".layers").exists()
 
 
-def test_streamed_output_loads_with_from_pretrained(sharded, text, tmp_path, capsys):
+def test_streamed_output_loads_with_from_pretrained(sharded, text_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    assert run_cli(prune_args(sharded, text, out, "--offload", "disk", "--method", "magnitude"), capsys)[0] == 0
+    assert run_cli(prune_args(sharded, text_file, out, "--offload", "disk", "--method", "magnitude"), capsys)[0] == 0
     model = AutoModelForCausalLM.from_pretrained(out)
     q = model.model.layers[3].self_attn.q_proj.weight
     assert (q == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
@@ -92,15 +84,15 @@ def test_streamed_walk_holds_one_layer_at_a_time(sharded):
     assert result.achieved_sparsity == pytest.approx(0.5, abs=1e-3)
 
 
-def test_disk_offload_refusals(sharded, text, tmp_path, capsys):
-    code, _, err = run_cli(prune_args(sharded, text, tmp_path / "a", "--offload", "disk", "--method", "slicegpt"),
+def test_disk_offload_refusals(sharded, text_file, tmp_path, capsys):
+    code, _, err = run_cli(prune_args(sharded, text_file, tmp_path / "a", "--offload", "disk", "--method", "slicegpt"),
                            capsys)
     assert code == 2 and "--offload disk is not supported by --method slicegpt" in err
-    code, _, err = run_cli(prune_args(sharded, text, tmp_path / "b", "--offload", "disk", "--save-format", "compact"),
+    code, _, err = run_cli(prune_args(sharded, text_file, tmp_path / "b", "--offload", "disk", "--save-format", "compact"),
                            capsys)
     assert code == 2 and "drop --save-format compact" in err and not (tmp_path / "b").exists()
     tasks = write_arc(tmp_path / "tasks")
-    code, _, err = run_cli(prune_args(sharded, text, tmp_path / "c", "--offload", "disk", "--eval-tasks", "arc_easy",
+    code, _, err = run_cli(prune_args(sharded, text_file, tmp_path / "c", "--offload", "disk", "--eval-tasks", "arc_easy",
                                       "--task-data", tasks), capsys)
     assert code == 2 and "zero-shot tasks need the whole model in memory" in err
     assert not (tmp_path / "c").exists()
