@@ -318,15 +318,16 @@ def cmd_prune(args) -> int:
                     eval_batch_size=args.eval_batch_size, limit=args.limit)
     device, dtype = _device(args.device), parse_dtype(args.dtype)
     extra_specs, task_names = api.split_tasks(_eval_specs(args.eval_tasks))
+    offload, why = _offload(args, found, device, dtype)
+    api.check_streamed_tasks(offload == "disk", task_names)
     eval_specs = _eval_specs(args.eval_data) + extra_specs
     _check_data_paths([args.calib_data, *eval_specs])
-    check_save_format(config, args.save_format)
+    check_save_format(config, args.save_format, streamed=offload == "disk")
     check_output_dir(args.output, args.overwrite)
     if args.checkpoint_dir:
         check_checkpoint_dir(args.checkpoint_dir)
-    offload = _offload(args, found, device, dtype)  # after the cheap checks: `auto` logs its choice
-    api.check_streamed_tasks(offload == "disk", task_names)
-    check_save_format(config, args.save_format, streamed=offload == "disk")
+    if why:  # after every check: a refused run prints one line
+        _log(f"--offload auto: {offload} ({why})")
     if getattr(config, "parallel_layers", False):
         device = parallel.init(device)  # under torchrun: join the process group, take this rank's GPU
         if parallel.rank() > 0:
@@ -389,21 +390,17 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _offload(args, method, device: str, dtype) -> str:
-    """--offload as given, or for `auto` the choice streaming.auto_offload makes from the model's size and the
-    free host and GPU memory (logged with its reason unless it is cpu)."""
+def _offload(args, method, device: str, dtype) -> tuple[str, str]:
+    """(--offload as given, "") or for `auto` the choice streaming.auto_offload makes from the model's size and
+    the free host and GPU memory, with its reason when it is not cpu (the choice worth a note)."""
     if args.offload != "auto":
-        return args.offload
-    if len(method.offload) == 1:
-        return method.offload[0]
+        return args.offload, ""
     path = Path(args.model).expanduser()
-    if not path.is_dir():  # an embedded name, a .gguf or a hub id: held in memory
-        return "cpu"
+    if len(method.offload) == 1 or not path.is_dir():  # a whole-model method; an embedded name, .gguf or hub id
+        return method.offload[0] if len(method.offload) == 1 else "cpu", ""
     choice, why = auto_offload(str(path), method.offload, device, args.nsamples,
                                args.seqlen or WINDOW_DEFAULTS["seqlen"], dtype)
-    if choice != "cpu":  # the choice that differs from holding the model in host memory is worth a note
-        _log(f"--offload auto: {choice} ({why})")
-    return choice
+    return choice, why if choice != "cpu" else ""
 
 
 def _prune_share(args, config, device, dtype) -> int:
