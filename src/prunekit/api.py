@@ -124,8 +124,9 @@ def evaluate_suite(model, tokenizer, sets: dict, tasks: dict, *, device="cpu", b
     (see zeroshot.load_tasks), as one JSON-ready dict: {"ppl", "zero_shot", "zero_shot_mean", "seconds"}.
 
     Zero-shot prepends BOS exactly when perplexity does (`bos`), through lm-eval's `add_bos_token`."""
-    check_streamed_tasks(layer_store(model) is not None, tasks)
-    if layer_store(model) is None:  # a streamed model's layers come from disk one at a time
+    streamed = layer_store(model) is not None
+    check_streamed_tasks(streamed, tasks)
+    if not streamed:  # a streamed model's layers come from disk one at a time
         model.to(device)  # pruning leaves the layers on the offload device (CPU)
     ppl, ppl_seconds = evaluate(model, sets, device, batch_size, bos, progress) if sets else ({}, 0.0)
     out = {"ppl": ppl, "zero_shot": {}, "zero_shot_mean": None, "seconds": {"ppl": ppl_seconds}}

@@ -30,6 +30,14 @@ def peak_memory(device: str) -> dict:
     return peak
 
 
+def peak_bytes(device) -> int:
+    """One peak for a method's own log: the GPU's allocated peak since `reset_peak` on a GPU, else the process's
+    peak RSS."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device))
+    return _peak_rss()
+
+
 def _peak_rss() -> int:
     """Bytes."""
     try:

@@ -4,13 +4,14 @@ dense model, the learning-rate schedule, the order of training windows and the t
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from ..resources import peak_bytes
 
 
 def mean(values: list[float]) -> float:
@@ -46,12 +47,8 @@ class TrainingLog:
 
     def record_peak_memory(self, device) -> None:
         """Peak CUDA memory since the stats were reset, or on the CPU the process's peak RSS."""
-        if device.type == "cuda":
-            self.peak_memory_bytes, self.peak_memory_kind = torch.cuda.max_memory_allocated(device), \
-                "cuda max_memory_allocated"
-        else:
-            self.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.peak_memory_kind = "process peak RSS"
+        self.peak_memory_bytes = peak_bytes(device)
+        self.peak_memory_kind = "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
 
     def summary(self) -> dict:
         steady = self.step_seconds[1:] or self.step_seconds  # the first step includes warm-up

@@ -14,7 +14,6 @@ For each stage t = 1..T, with the model's current (merged) weights:
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 
 import torch
@@ -26,6 +25,7 @@ from ...engine import OperatorResult, PruneResult
 from ...errors import UsageError
 from ...layerwise import prune_layerwise
 from ...models.adapters import get_adapter
+from ...resources import peak_bytes
 from .config import LosaConfig
 from .data import load_documents, training_windows
 from .model import LosaAdapters
@@ -55,9 +55,7 @@ class LosaResult(PruneResult):
 
 
 def _peak_memory_mb(device) -> float:
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB (process peak RSS)
+    return peak_bytes(device) / 2**20
 
 
 def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="cpu", batch_size: int = 8,
