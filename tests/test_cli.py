@@ -247,6 +247,33 @@ def test_prune_compact_format_reloads_with_prunekit(tiny_model_dir, text_file, t
     assert max_nonzeros_per_group(weight, 4) <= 2
 
 
+def test_quantize_fp8_saves_a_compact_2_4_fp8_model(tiny_model_dir, text_file, tmp_path, capsys):
+    """--quantize fp8: SparseGPT's one pass prunes and rounds, the saved linears are 2:4+fp8 and reload as such;
+    without --save-format compact the run is refused before the model loads."""
+    from safetensors import safe_open
+
+    from prunekit import load_model
+    from prunekit.export import COMPACT_FILE
+
+    refused = tmp_path / "hf"
+    code, _, err = run(small_prune_args(tiny_model_dir, text_file, refused, "--method", "sparsegpt", "--pattern",
+                                        "2:4", "--quantize", "fp8"), capsys)
+    assert code == 2 and "--save-format compact" in err and len(err.strip().splitlines()) == 1
+    assert not refused.exists()
+    out = tmp_path / "fp8"
+    code, _, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--method", "sparsegpt", "--pattern", "2:4",
+                                      "--quantize", "fp8", "--save-format", "compact"), capsys)
+    assert code == 0
+    with safe_open(str(out / COMPACT_FILE), "pt") as f:
+        layout = json.loads(f.metadata()["layout"])
+    schemes = {entry["scheme"] for name, entry in layout.items() if ".layers." in name and name.endswith("proj.weight")}
+    assert schemes == {"2:4+fp8"}
+    report = json.loads((out / "report.json").read_text())
+    assert 0 < report["ppl"]["pruned"]["text"] < float("inf")  # evaluated with the FP8 layers (W8A8)
+    model, _ = load_model(str(out))
+    assert max_nonzeros_per_group(model.model.layers[0].mlp.up_proj.dense_weight(), 4) <= 2
+
+
 def test_bench_on_cpu_is_dense_only(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code, stdout, err = run(["bench", "--model", tiny_model_dir, "--device", "cpu", "--prompt-len", 16,

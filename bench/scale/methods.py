@@ -7,6 +7,7 @@ weights are random: only time and memory mean anything). Methods that train take
 seconds per step are what to project from.
 
     PYTHONPATH=src python bench/scale/methods.py --shape 8b --layers 4 --calib FILE --output bench/results/x.json
+        [--offload auto|none|cpu|disk[,...]] [--steps N] [--methods a,b,...]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STEPS = {
     "sparsegpt-2:4": ["--method", "sparsegpt", "--pattern", "2:4"],
     "wanda-2:4": ["--method", "wanda", "--pattern", "2:4"],
     "rotpruner": ["--steps", "8", "--train-samples", "8"],
+    "rotpruner-keep-layers": ["--method", "rotpruner", "--steps", "8", "--train-samples", "8", "--no-checkpoint-layers"],
     "losa": ["--stages", "2", "--train-tokens", "32768", "--train-seqlen", "2048", "--train-batch-size", "1"],
     "slicegpt": ["--slicing", "0.3"],
     "rotpruner-structured": ["--pattern", "structured", "--slicing", "0.3", "--steps", "8", "--train-samples", "8"],
@@ -37,15 +39,17 @@ STEPS = {
 }
 
 
-def run_method(name: str, model: Path, args, out: Path) -> dict:
+def run_method(name: str, model: Path, args, out: Path, offload: str) -> dict:
     flags = STEPS[name] if "--method" in STEPS[name] else ["--method", name.split("-2:4")[0], *STEPS[name]]
+    if args.steps and "--steps" in flags:
+        flags = [str(args.steps) if flags[i - 1] == "--steps" else f for i, f in enumerate(flags)]
     if name == "losa":
         flags += ["--train-data", args.calib]
     sparsity = [] if name in ("slicegpt", "rotpruner-structured", "wanda-channels") or "2:4" in name else \
         ["--sparsity", "0.5"]
     command = [sys.executable, "-m", "prunekit", "prune", "--model", str(model), *flags, *sparsity,
                "--calib-data", args.calib, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-               "--dtype", "bfloat16", "--device", args.device, "--eval-data", "none", "--offload", args.offload,
+               "--dtype", "bfloat16", "--device", args.device, "--eval-data", "none", "--offload", offload,
                "--batch-size", str(args.batch_size), "--output", str(out), "--overwrite", "--quiet"]
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -70,7 +74,8 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--offload", default="auto")
+    p.add_argument("--offload", default="auto", help="comma-separated: each method runs once per choice")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps of the training methods (0: those in STEPS)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workdir", default="/tmp/scale")
     p.add_argument("--output", required=True)
@@ -85,8 +90,9 @@ def main() -> None:
               "parameters": parameters, "build_s": build_s, "nsamples": args.nsamples, "seqlen": args.seqlen,
               "environment": environment(args.device, "bfloat16"), "runs": []}
     for name in args.methods.split(","):  # rewritten after every run: a run cut short keeps what it measured
-        result["runs"].append(run_method(name, model, args, work / f"out-{name}"))
-        Path(args.output).write_text(json.dumps(result, indent=2))
+        for offload in args.offload.split(","):
+            result["runs"].append(run_method(name, model, args, work / f"out-{name}", offload))
+            Path(args.output).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,17 +33,22 @@ def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batc
     check_compatible(model, config)
     if offload is None:
         offload = "disk" if layer_store(model) is not None else "cpu"
+    if offload == "cpu":  # the layers wait in host memory, wherever the model was (e.g. after a dense evaluation)
+        model.to("cpu")
     return pruned_model(model, config, calib, lambda: methods.run(
         model, config, calib, device=device, batch_size=batch_size, progress=progress,
         checkpoint_dir=checkpoint_dir, tokenizer=tokenizer, offload=offload), tokenizer)
 
 
 def check_compatible(model, config: PruneConfig) -> None:
-    """Refuse at once what cannot work: an unsupported architecture, an N:M pattern whose M does not divide
-    an operator's width, a method that serves fewer architectures."""
+    """Refuse at once what cannot work: an unsupported architecture, a --targets/--ignore regex that matches no
+    operator, an N:M pattern whose M does not divide a pruned operator's width, a method that serves fewer
+    architectures."""
     adapter = get_adapter(model)
-    check_widths(config.pattern, {f"{adapter.layer_prefix(i)}.{name}": op.in_features
-                                  for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)})
+    dense = set(adapter.dense_operators(config))
+    widths = {f"{adapter.layer_prefix(i)}.{name}": op.in_features
+              for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)}
+    check_widths(config.pattern, {name: width for name, width in widths.items() if name not in dense})
     config.check_model(model)
 
 

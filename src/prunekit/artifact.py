@@ -19,6 +19,7 @@ from .eval.plots import draw_layers
 from .errors import UsageError
 from .export import save_compact, save_sliced
 from .methods.slicegpt.layers import is_sliced, parameter_count
+from .models.adapters import get_adapter
 from .outputs import atomic_output_dir, check_finite_weights, check_output_dir, writing
 from .pruners.base import PruneConfig
 from .streaming import layer_store
@@ -75,15 +76,18 @@ class PrunedModel:
         }
         if self.result.details:
             report["details"] = self.result.details
+        if hasattr(self.config, "ignore"):  # a layer-wise pruner: the operators its --targets/--ignore left dense
+            report["ignored_operators"] = get_adapter(self.model).dense_operators(self.config)
         for key, value in (extra or {}).items():
             report[key] = {**report[key], **value} if isinstance(report.get(key), dict) and isinstance(value, dict) \
                 else value
         return report
 
     def write(self, folder: str | Path, save_format: str = "hf", report_extra: dict | None = None,
-              hint: str = "") -> dict:
-        """Write the model, report.json and layers.png (prunekit.eval.plots) into the existing folder `folder`;
-        returns the report. A model with NaN/Inf weights is refused before anything is written."""
+              hint: str = "", recipe: str | None = None) -> dict:
+        """Write the model, report.json and layers.png (prunekit.eval.plots) into the existing folder `folder`,
+        and `recipe` (prunekit.recipe's text of the run) as recipe.yaml; returns the report. A model with NaN/Inf
+        weights is refused before anything is written."""
         store = layer_store(self.model)
         check_save_format(self.config, save_format, streamed=store is not None)
         check_finite_weights(self.model)
@@ -106,6 +110,8 @@ class PrunedModel:
                     self.tokenizer.save_pretrained(folder)
                 report["saved"] = {"format": "hf"}
             (folder / "report.json").write_text(json.dumps(report, indent=2))
+            if recipe is not None:
+                (folder / "recipe.yaml").write_text(recipe)
             draw_layers(report, folder / "layers.png")
         return report
 
@@ -120,11 +126,18 @@ class PrunedModel:
 
 
 def check_save_format(config: PruneConfig, save_format: str, streamed: bool = False) -> None:
+    quantize = getattr(config, "quantize", "none")
+    if streamed and quantize != "none":
+        raise UsageError(f"--quantize {quantize} saves in the compact format, which a model streamed from disk "
+                         "cannot use: prune with --offload cpu")
     if streamed and save_format != "hf":
         raise UsageError("a model streamed from disk (--offload disk) is saved in the Hugging Face format: drop "
                          "--save-format compact, or prune with --offload cpu")
     if save_format not in SAVE_FORMATS:
         raise UsageError(f"unknown save format {save_format!r}: choose one of {', '.join(SAVE_FORMATS)}")
+    if quantize != "none" and save_format != "compact":
+        raise UsageError(f"--quantize {quantize} makes FP8 weights, which only the compact format stores: add "
+                         "--save-format compact")
     if save_format == "compact" and config.removes == "slicing":
         raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
 
@@ -134,6 +147,9 @@ def pruned_model(model, config: PruneConfig, calib: torch.Tensor, run, tokenizer
     before = parameter_count(model)
     t0 = time.perf_counter()
     result = run()
+    if getattr(config, "quantize", "none") == "fp8":  # the pass left the weights on the FP8 grid: hold them as FP8
+        from .quantize import FP8Config, quantize
+        quantize(model, FP8Config(compensate=False))
     return PrunedModel(model, config, result, tokenizer,
                        calibration={"nsamples": int(calib.shape[0]), "seqlen": int(calib.shape[1])},
                        parameters={"before": before, "after": parameter_count(model)},

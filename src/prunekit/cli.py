@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import api, parallel
+from . import api, parallel, recipe
 from .artifact import check_save_format
 from .checkpoints import check_resumable
 from .data import NAMES, read_text_file
@@ -42,6 +42,8 @@ from .version import __version__
 
 DEFAULT_MODEL = "smollm2-135m"
 WINDOW_DEFAULTS = {"seqlen": 512, "eval_seqlen": 1024}
+#: where or how this machine runs a command, not what it computes: left out of recipe.yaml
+LOCAL = ("device", "offload", "quiet")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -74,6 +76,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
 
 
+def _add_recipe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="YAML file of this command's flags (keys: long flag names without the dashes), "
+                                    "e.g. a saved model's recipe.yaml; flags given here override it "
+                                    "(prunekit.recipe)")
+
+
 def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None) -> None:
     p.add_argument("--eval-data", default=default_data,
                    help="perplexity sets: comma-separated names (pydoc, wikitext2, c4, ptb) or text/JSONL paths; "
@@ -96,13 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("prune", help="prune a model, evaluate it, save it with report.json")
+    p = sub.add_parser("prune", help="prune a model, evaluate it, save it with report.json and recipe.yaml")
+    _add_recipe_arg(p)
     _add_model_args(p)
     p.add_argument("--method", default="wanda", help=", ".join(method_configs()))
     p.add_argument("--sparsity", type=float,
                    help="fraction of weights removed (default: 0.5 unstructured; an N:M pattern implies 1 - N/M)")
     p.add_argument("--pattern", default="unstructured",
-                   help="unstructured, N:M (2:4, 4:8, ...) or structured (with --method rotpruner or slicegpt)")
+                   help="unstructured, N:M (2:4, 4:8, ...), mixed-N:M (mixed-2:4, mixed-2:8: each layer its own N, "
+                        "with --layer-sparsity owl/rmi or --method losa) or structured (with --method rotpruner or "
+                        "slicegpt)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seqlen", type=int,
@@ -136,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
+    _add_recipe_arg(p)
     _add_model_args(p)
     _add_eval_args(p, "pydoc")
     p.add_argument("--output", required=True,
@@ -187,6 +199,8 @@ def _option_help(f: dataclasses.Field, methods: list[str]) -> str:
     """The field's help, the methods that take it and its default for each (a `--no-x` switch turns off
     `x`, which is on by default)."""
     text = f.metadata.get("help", "")
+    if f.metadata.get("repeat"):
+        return f"{text} ({', '.join(methods)})"
     if f.type in (bool, "bool"):
         state = f"turns off {f.name}, which is on by default" if f.default else "off unless given"
         return f"{text} ({', '.join(methods)}; {state})"
@@ -207,6 +221,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         if f.type in (bool, "bool"):
             const = not f.default
             group.add_argument(flag_name(f), dest=name, action="store_const", const=const, help=help_text)
+        elif f.metadata.get("repeat"):  # --ignore A --ignore B: the config takes the list
+            group.add_argument(flag_name(f), dest=name, action="append", metavar="REGEX", help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             group.add_argument(flag_name(f), dest=name, type=kind, help=help_text)
@@ -245,7 +261,8 @@ def _method_config(args):
         if value is None:
             continue
         if args.method not in methods:
-            raise UsageError(f"{flag_name(f)} does not apply to --method {args.method}")
+            raise UsageError(f"{flag_name(f)} does not apply to --method {args.method}: it is an option of "
+                             f"{', '.join(methods)} (drop it, or choose one of these methods)")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -337,9 +354,11 @@ def cmd_prune(args) -> int:
     torch.manual_seed(args.seed)
 
     with atomic_output_dir(args.output, args.overwrite) as tmp:
-        model, tokenizer = load_model(args.model, dtype, device, offload=offload, workdir=tmp / ".layers")
+        # loaded where its layers wait (the device only with --offload none); evaluation moves it as it needs
+        model, tokenizer = load_model(args.model, dtype, device if offload == "none" else "cpu", offload=offload,
+                                      workdir=tmp / ".layers")
         _fit_windows(args, model)
-        api.check_compatible(model, config)  # architecture, N:M widths: refused before any long work
+        api.check_compatible(model, config)  # architecture, --targets/--ignore, N:M widths: before any long work
         bos = api.bos_id(model, tokenizer, args.eval_bos)
         calib, calib_text = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
         _log(f"calibration data: {calib_text.source} ({args.nsamples} windows of {args.seqlen} tokens, seed {args.seed})")
@@ -361,7 +380,8 @@ def cmd_prune(args) -> int:
             evaluations["pruned"] = api.evaluate_suite(model, tokenizer, sets, tasks, **suite)
         eval_seconds = sum(sum(e["seconds"].values()) for e in evaluations.values())
         table = results_table(evaluations) if evaluations else ""
-        result.write(tmp, args.save_format, hint=_resume_hint(args), report_extra={
+        run_recipe = _recipe(args, config)
+        report = result.write(tmp, args.save_format, hint=_resume_hint(args), recipe=run_recipe, report_extra={
             "model": args.model,
             "calibration": {"data": calib_text.source, "seed": args.seed, "bos": bos is not None},
             "evaluation": _evaluation_settings(args, sets, tasks, bos),
@@ -382,12 +402,33 @@ def cmd_prune(args) -> int:
               f"parameters {parameters['before'] / 1e6:.2f} M -> {parameters['after'] / 1e6:.2f} M "
               f"({structure['parameters_removed']:.2%} removed), pruning took {result.seconds:.1f} s")
     else:
+        dense = report.get("ignored_operators")
         print(f"{config.method} {config.pattern} (target sparsity {config.sparsity:.4f}) on {args.model}: "
-              f"achieved sparsity {result.achieved_sparsity:.4f}, pruning took {result.seconds:.1f} s")
+              f"achieved sparsity {result.achieved_sparsity:.4f}"
+              f"{f' ({len(dense)} operators left dense by --targets/--ignore)' if dense else ''}, "
+              f"pruning took {result.seconds:.1f} s")
     if table:
         print(table)
-    print(f"saved to {args.output} (report: {args.output}/report.json)")
+    print(f"saved to {args.output} (report: {args.output}/report.json, recipe: {args.output}/recipe.yaml)")
     return 0
+
+
+def _recipe(args, config) -> str:
+    """recipe.yaml of a run: every flag of its command as it took effect (the method's options as its config
+    holds them, window lengths as fitted to the model), but not where it wrote (prunekit.recipe.WHERE) or how this
+    machine ran it (LOCAL)."""
+    sub = recipe.subparser(build_parser(), args.command)
+    values = {a.dest: getattr(args, a.dest) for a in sub._actions if hasattr(args, a.dest) and a.dest not in LOCAL}
+    if args.command == "prune":  # the method's options from its config; other methods' are not flags of this run
+        for name, (_, methods) in method_options().items():
+            values.pop(name, None)
+            if config.method in methods:
+                values[name] = getattr(config, name)
+        values.update(method=config.method, pattern=config.pattern,
+                      sparsity=None if config.removes else config.sparsity)
+    else:
+        values.update({name: getattr(config, name) for name in FINETUNE_FIELDS})
+    return recipe.dump(sub, values)
 
 
 def _offload(args, method, device: str, dtype) -> tuple[str, str]:
@@ -467,6 +508,7 @@ def cmd_finetune(args) -> int:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            (tmp / "recipe.yaml").write_text(_recipe(args, config))
 
     print(f"fine-tuned {args.model} ({config.adapter} LoRA, rank {config.rank}, {result.details['train']['tokens']} "
           f"tokens in {seconds:.1f} s): decoder sparsity {sparsity_before:.4f} -> {sparsity_after:.4f}")
@@ -586,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         with _sigterm_as_interrupt():
-            args = build_parser().parse_args(argv)
+            args = recipe.parse_args(build_parser(), argv)
             return {"prune": cmd_prune, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report,
                     "task-configs": cmd_task_configs, "finetune": cmd_finetune}[args.command](args)
     except UsageError as err:

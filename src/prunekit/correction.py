@@ -11,14 +11,13 @@ their inputs there are X and X*. So X* already carries the pruning of the groups
 - `intra+inter`: the pruned copy reads the pruned previous layers' output; the target stays dense.
 - `none`: X* = X, the dense layer's own inputs, for every operator.
 
-Layer inputs: the dense stream is always propagated by the dense copy; the pruned stream (only for
-`intra+inter`) by the pruned layer.
+Layer inputs: the dense stream is always propagated by the dense copy; the pruned stream (for `intra+inter`,
+or to hand each pruned layer's outputs to `on_layer_done`) by the pruned layer.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 
 import torch
@@ -71,14 +70,16 @@ class _Collect:
 
 
 def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Tensor, pruned_in: torch.Tensor | None,
-                          kwargs: dict, device, batch_size: int, prefix: str) -> tuple[list[OperatorResult], float]:
+                          kwargs: dict, device, batch_size: int, index: int) -> tuple[list[OperatorResult], float]:
     """Prune `layer` in place group by group and advance the dense stream: on return `dense_in` holds
     the dense layer's outputs (the next layer's dense inputs).
 
     `pruned_in` is the pruned stream's layer input (intra+inter) or None (both copies read
     `dense_in`). Returns (operator results, seconds spent in the pruners)."""
     dense_layer = copy.deepcopy(layer)
-    groups, dense_groups = adapter.linear_groups(layer), adapter.linear_groups(dense_layer)
+    prefix = adapter.layer_prefix(index)
+    groups, dense_groups = (adapter.pruned_groups(layer, index, config),  # less what --targets/--ignore leave dense
+                            adapter.pruned_groups(dense_layer, index, config))
     pruners = [config.make_pruner(group[0][1].in_features, device) for group in groups]
     results, prune_s = [], 0.0
 
@@ -96,7 +97,7 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
                 recon_error=extra.get("rel_error", float("nan")), seconds=seconds, extra=extra))
         pruners[g] = None  # free the statistics
 
-    if config.error_correction == "none":
+    if config.error_correction == "none" or not groups:  # not groups: the whole layer left dense (--ignore)
         # X* = X for every operator: one dense pass feeds every group and yields the layer's outputs
         hooks = _Collect([group[0][1] for group in dense_groups], pruners)
         try:
@@ -134,11 +135,14 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
 @torch.no_grad()
 def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu",
                               batch_size: int = 8, progress: bool = True, checkpoint_dir=None,
-                              offload="cpu", layer_sparsity=None) -> PruneResult:
+                              offload="cpu", layer_sparsity=None, on_layer_done=None) -> PruneResult:
     """prune_layerwise for configs with `error_correction` (FISTAPruner). With `config.parallel_layers`
-    under torchrun, each rank prunes its share of the layers and all ranks end with the whole model."""
+    under torchrun, each rank prunes its share of the layers and all ranks end with the whole model.
+    `on_layer_done(index, hidden)` sees the pruned model's outputs of each layer (the pruned stream, which is
+    then kept in every mode: one more layer forward per layer unless `intra+inter` keeps it anyway)."""
     result = PruneResult()
     inter = config.error_correction == "intra+inter"
+    pruned_stream = inter or on_layer_done is not None
     extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
     streams = {"pruned_in": None}
@@ -148,11 +152,13 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
     dist = parallel.Layers.start(config, device, len(walk.layers))
     if dist.world > 1 and checkpoint_dir:
         raise UsageError("--checkpoint-dir cannot be combined with --parallel-layers under torchrun")
+    if dist.world > 1 and on_layer_done is not None:
+        raise UsageError("--parallel-layers prunes each layer on one rank: no rank sees every layer's outputs")
     walk.stop = dist.last_layer() + 1
     if walk.resumed:
         streams["pruned_in"] = walk.resumed["pruned_in"]
         result.resume(walk.resumed)
-    elif inter:
+    elif pruned_stream:
         streams["pruned_in"] = walk.hidden.clone()
     result.timings["calibration"] += walk.capture_seconds
 
@@ -160,14 +166,15 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
         t0 = time.perf_counter()
         pruned_in = streams["pruned_in"]
         if dist.owns(index):
-            layer_config = config if layer_sparsity is None else \
-                dataclasses.replace(config, sparsity=layer_sparsity[index])
-            ops, prune_s = prune_layer_corrected(layer, walk.adapter, layer_config, walk.hidden, pruned_in, kwargs, device,
-                                                 batch_size, walk.adapter.layer_prefix(index))
+            layer_config = config if layer_sparsity is None else config.at_layer(layer_sparsity[index])
+            ops, prune_s = prune_layer_corrected(layer, walk.adapter, layer_config, walk.hidden,
+                                                 pruned_in if inter else None, kwargs, device, batch_size, index)
             result.operators += ops
             result.timings["pruning"] += prune_s
-            if inter:  # the pruned layer's outputs are the next layer's pruned-stream inputs
+            if pruned_stream:  # the pruned layer's outputs are the next layer's pruned-stream inputs
                 walk.forward(layer, kwargs, hidden=pruned_in, out=pruned_in)
+                if on_layer_done is not None:
+                    on_layer_done(index, pruned_in)
         else:  # another rank prunes this layer; here it only carries the dense stream
             walk.forward(layer, kwargs, out=walk.hidden)
             prune_s = 0.0

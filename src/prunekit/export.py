@@ -2,14 +2,27 @@
 
 Compact format — a model directory holding `config.json`, the tokenizer files and
 `model.prunekit.safetensors`, one safetensors file whose header metadata has
-  "format": "prunekit-compact", "version": "1",
-  "layout": JSON {parameter name: {"scheme": "dense" | "2:4" | "bitmask", "shape": [...], "dtype": "..."}},
+  "format": "prunekit-compact", "version": "1" or "2" (the oldest reader that understands the file: 2 when it holds
+            FP8 weights),
+  "layout": JSON {parameter name: {"scheme": "dense" | "2:4" | "bitmask" | "fp8" | "2:4+fp8" | "bitmask+fp8",
+                                   "shape": [...], "dtype": "..."[, "activations": "fp8" | "none"]}},
   "tied":   JSON {parameter name: name of the parameter it shares storage with}.
 Tensors, by scheme (see prunekit/sparse/packing.py for the bit layouts):
   dense   → `<name>`
   2:4     → `<name>.values` [out, in/2] (the weight's dtype), `<name>.meta` [out, in/8] uint8
   bitmask → `<name>.values` [nnz], `<name>.mask` [out, ceil(in/8)] uint8
-Each 2-D weight gets the smallest of the three; loading restores every tensor bit for bit.
+  fp8, 2:4+fp8, bitmask+fp8 (version 2): a linear weight quantized to FP8 (prunekit.quantize), W = Q·s. Q is
+          stored as dense, 2:4 or bitmask above in float8_e4m3fn bytes ("dtype": "float8_e4m3fn"), plus
+          `<name>.scale` [out] fp32, one power-of-two scale per output channel; "activations" says what its layer
+          does with its inputs: "fp8" (each token quantized to FP8 on the fly) or "none" (weights only).
+Each 2-D weight gets the smallest of dense, 2:4 and bitmask; loading restores every tensor bit for bit (an FP8
+weight as its Q and s). Version 1 files load unchanged.
+
+config.json also carries `quantization_config` ({"quant_method": "prunekit", "format": "prunekit-compact",
+"version", "schemes": {scheme: count}, "activations"}) and `transformers_weights` (the file's name): after
+`import prunekit`, transformers' `AutoModelForCausalLM.from_pretrained(directory)` builds the model that
+`load_compact(directory, sparse_modules=True)` builds (prunekit/hf_quantizer.py). `load_compact` drops both
+keys from the model's config: they describe the file, not the model.
 """
 
 from __future__ import annotations
@@ -22,11 +35,18 @@ import torch
 import torch.nn as nn
 
 from .methods.slicegpt.layers import restructure
+from .quantize.linear import LinearFP8
 from .sparse.linear import SparseLinear24, kernel_paths
+from .sparse.linear_fp8 import SparseLinear24FP8
 from .sparse.packing import is_24, nonzero_bits, pack_24, pack_bitmask, unpack_24, unpack_bitmask
 
 COMPACT_FILE = "model.prunekit.safetensors"
-FORMAT, VERSION = "prunekit-compact", "1"
+FORMAT = "prunekit-compact"
+VERSIONS = ("1", "2")  # what load_compact reads; a file is written as 1 unless it holds FP8 weights
+#: the scheme of an FP8 weight, by the packing of its Q
+FP8_SCHEMES = {"dense": "fp8", "2:4": "2:4+fp8", "bitmask": "bitmask+fp8"}
+#: the config.json keys that point transformers at the compact file (prunekit/hf_quantizer.py)
+QUANTIZATION_KEY, WEIGHTS_KEY = "quantization_config", "transformers_weights"
 
 
 def is_compact(directory: str | Path) -> bool:
@@ -43,6 +63,11 @@ def _scheme(t: torch.Tensor) -> str:
     return min(size, key=size.get)  # on a tie the first: 2:4 (it also runs fast), then bitmask
 
 
+def stored_packing(scheme: str) -> str:
+    """The packing of Q for an FP8 scheme ("2:4+fp8" → "2:4", "fp8" → "dense"); other schemes are their own."""
+    return {fp8: packing for packing, fp8 in FP8_SCHEMES.items()}.get(scheme, scheme)
+
+
 def _write_model_files(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
     """config.json, generation_config.json and the tokenizer files into `directory` (created): all but the weights."""
     directory = Path(directory)
@@ -55,14 +80,36 @@ def _write_model_files(model: nn.Module, directory: str | Path, tokenizer=None) 
     return directory
 
 
+def _stored_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, str | None]]:
+    """{parameter name: (tensor, FP8 scale or None, activations or None)}: the model's state dict with every packed
+    or FP8 layer's weight under `<module>.weight` — unpacked (a SparseLinear24's in its dtype, an FP8 layer's as Q)
+    with its scales — and every other tensor as it is."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (SparseLinear24, LinearFP8))}
+    weights = {}
+    for name, t in model.state_dict().items():
+        owner, _, attr = name.rpartition(".")
+        layer = layers.get(owner)
+        if layer is None or attr == "bias":
+            weights[name] = (t, None, None)
+        elif isinstance(layer, SparseLinear24FP8) and attr == "values":
+            weights[f"{owner}.weight"] = (layer.fp8_weight(), layer.weight_scale, layer.activations)
+        elif isinstance(layer, LinearFP8) and attr == "weight":
+            weights[f"{owner}.weight"] = (layer.weight, layer.weight_scale, layer.activations)
+        elif isinstance(layer, SparseLinear24) and not isinstance(layer, SparseLinear24FP8) and attr == "values":
+            weights[f"{owner}.weight"] = (layer.dense_weight(), None, None)
+        # meta and weight_scale are stored with their weight
+    return weights
+
+
 def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dict:
-    """Write `model` in the compact format; returns {"bytes": file size, "dense_bytes": size unpacked}."""
+    """Write `model` in the compact format; returns {"bytes": file size, "dense_bytes": size unpacked}
+    (unpacked: every tensor as the model holds it, FP8 weights at one byte each)."""
     from safetensors.torch import save_file
 
     directory = _write_model_files(model, directory, tokenizer)
     tensors, layout, tied, seen = {}, {}, {}, {}
     dense_bytes = 0
-    for name, t in model.state_dict().items():
+    for name, (t, scale, activations) in _stored_weights(model).items():
         t = t.detach().cpu()
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key in seen:  # tied weights (e.g. lm_head = embeddings) are stored once
@@ -78,57 +125,131 @@ def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dic
             tensors[f"{name}.values"], tensors[f"{name}.mask"] = pack_bitmask(t)
         else:
             tensors[name] = t.contiguous()
+        if scale is not None:
+            layout[name].update(scheme=FP8_SCHEMES[scheme], activations=activations)
+            tensors[f"{name}.scale"] = scale.detach().float().cpu().contiguous()
+            dense_bytes += scale.numel() * 4
+    version = VERSIONS[1] if any("activations" in info for info in layout.values()) else VERSIONS[0]
     path = directory / COMPACT_FILE
-    save_file(tensors, path, metadata={"format": FORMAT, "version": VERSION,
+    save_file(tensors, path, metadata={"format": FORMAT, "version": version,
                                        "layout": json.dumps(layout), "tied": json.dumps(tied)})
+    _point_transformers_at(directory, layout, version)
     return {"bytes": path.stat().st_size, "dense_bytes": dense_bytes}
+
+
+def _point_transformers_at(directory: Path, layout: dict, version: str) -> None:
+    """Add `quantization_config` and `transformers_weights` to config.json (module docstring)."""
+    schemes: dict[str, int] = {}
+    for info in layout.values():
+        schemes[info["scheme"]] = schemes.get(info["scheme"], 0) + 1
+    activations = sorted({info["activations"] for info in layout.values() if "activations" in info})
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config[QUANTIZATION_KEY] = {"quant_method": "prunekit", "format": FORMAT, "version": version, "schemes": schemes,
+                                "activations": activations[0] if len(activations) == 1 else activations or None}
+    config[WEIGHTS_KEY] = COMPACT_FILE
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_compact_header(directory: str | Path) -> tuple[dict, dict]:
+    """(layout, tied) from a compact file's header; ValueError for a file that is not one, or too new."""
+    from safetensors import safe_open
+
+    path = Path(directory) / COMPACT_FILE
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a prunekit compact file")
+    if meta.get("version") not in VERSIONS:
+        raise ValueError(f"{path} is compact format version {meta.get('version')}; this prunekit reads versions "
+                         f"{', '.join(VERSIONS)}: upgrade prunekit")
+    return json.loads(meta["layout"]), json.loads(meta["tied"])
+
+
+def model_dtype(layout: dict) -> torch.dtype:
+    """The dtype the model computes in: that of its first tensor that is not FP8."""
+    return getattr(torch, next(info["dtype"] for info in layout.values() if "activations" not in info))
+
+
+def layer_class(info: dict, sparse_modules: bool) -> type[nn.Module] | None:
+    """The module a compact linear weight loads as, or None for an ordinary nn.Linear (dense, bitmask, and 2:4
+    without `sparse_modules`): 2:4 packings stay packed with `sparse_modules` (SparseLinear24, SparseLinear24FP8),
+    other FP8 weights become LinearFP8."""
+    scheme = info["scheme"]
+    if scheme == "2:4":
+        return SparseLinear24 if sparse_modules else None
+    if scheme == "2:4+fp8":
+        return SparseLinear24FP8 if sparse_modules else LinearFP8
+    return LinearFP8 if scheme in FP8_SCHEMES.values() else None
+
+
+def compact_layer(info: dict, part, bias: torch.Tensor | None, sparse_modules: bool) -> nn.Module | None:
+    """`layer_class(info, sparse_modules)` built from `part(suffix)`, the weight's stored tensor `<name><suffix>`
+    (".values", ".meta", ".scale"; "" the unpacked weight), or None."""
+    cls, cols = layer_class(info, sparse_modules), info["shape"][-1]
+    if cls is SparseLinear24:
+        return SparseLinear24(part(".values"), part(".meta"), bias, cols)
+    if cls is SparseLinear24FP8:
+        return SparseLinear24FP8(part(".values"), part(".meta"), part(".scale"), bias, cols, info["activations"])
+    if cls is LinearFP8:
+        return LinearFP8(part(""), part(".scale"), bias, info["activations"])
+    return None
+
+
+def _unpacked(name: str, info: dict, raw: dict) -> torch.Tensor:
+    """The tensor a layout entry stores, unpacked (an FP8 weight: its Q)."""
+    packing = stored_packing(info["scheme"])
+    if packing == "2:4":
+        return unpack_24(raw[f"{name}.values"], raw[f"{name}.meta"])
+    if packing == "bitmask":
+        return unpack_bitmask(raw[f"{name}.values"], raw[f"{name}.mask"], info["shape"][1])
+    return raw[name]
 
 
 def load_compact(directory: str | Path, sparse_modules: bool = False, device: str = "cpu") -> nn.Module:
     """A transformers model from a compact directory, every tensor restored bit for bit.
 
-    With `sparse_modules`, 2:4 linear weights become SparseLinear24 modules built from the packed
-    tensors directly (never unpacked; each runs the fastest 2:4 kernel per row count, see SparseLinear24), and
-    the model gets a `kernel_paths()` method: {module name: {label: (path, reason)}} of what ran and why
-    (PRUNEKIT_LOG=1 prints each decision); otherwise they are unpacked into ordinary nn.Linear weights."""
+    With `sparse_modules`, 2:4 linear weights become SparseLinear24 modules (SparseLinear24FP8 for FP8 ones) built
+    from the packed tensors directly (never unpacked; each runs the fastest 2:4 kernel per row count, see
+    SparseLinear24), and the model gets a `kernel_paths()` method: {module name: {label: (path, reason)}} of what
+    ran and why (PRUNEKIT_LOG=1 prints each decision); otherwise they are unpacked into ordinary nn.Linear weights
+    (LinearFP8 for FP8 ones, as are FP8 weights stored dense or as a bitmask)."""
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
     directory = Path(directory)
+    layout, tied = read_compact_header(directory)
     with safe_open(directory / COMPACT_FILE, framework="pt", device=device) as f:
-        meta = f.metadata()
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{directory / COMPACT_FILE} is not a prunekit compact file")
-        layout, tied = json.loads(meta["layout"]), json.loads(meta["tied"])
         raw = {key: f.get_tensor(key) for key in f.keys()}
     config = AutoConfig.from_pretrained(directory)
-    dtype = getattr(torch, next(iter(layout.values()))["dtype"])
+    for key in (QUANTIZATION_KEY, WEIGHTS_KEY):
+        if hasattr(config, key):
+            delattr(config, key)
     with no_init_weights():  # parameters are overwritten below; buffers such as rotary inv_freq are built normally
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {}
+        model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(layout))
+    state, replaced = {}, set()
     for name, info in layout.items():
-        if info["scheme"] == "2:4" and sparse_modules and name.endswith(".weight"):
-            module_name = name.removesuffix(".weight")
-            parent, _, child = module_name.rpartition(".")
+        module_name = name.removesuffix(".weight")
+        layer = None
+        if name.endswith(".weight") and layer_class(info, sparse_modules) is not None:
             linear = model.get_submodule(module_name)
-            bias = raw.get(f"{module_name}.bias", linear.bias.data if linear.bias is not None else None)
-            sparse = SparseLinear24(raw[f"{name}.values"], raw[f"{name}.meta"], bias, info["shape"][1])
-            sparse.name = module_name
-            setattr(model.get_submodule(parent), child, sparse)
-        elif info["scheme"] == "2:4":
-            state[name] = unpack_24(raw[f"{name}.values"], raw[f"{name}.meta"])
-        elif info["scheme"] == "bitmask":
-            state[name] = unpack_bitmask(raw[f"{name}.values"], raw[f"{name}.mask"], info["shape"][1])
-        else:
-            state[name] = raw[name]
+            bias = raw.get(f"{module_name}.bias", linear.bias.data if getattr(linear, "bias", None) is not None
+                           else None)
+            layer = compact_layer(info, lambda suffix: (raw[name + suffix] if suffix else _unpacked(name, info, raw)),
+                                  bias, sparse_modules)
+        if layer is None:
+            state[name] = _unpacked(name, info, raw)
+            continue
+        layer.name = module_name
+        parent, _, child = module_name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+        replaced.add(module_name)
     for name, target in tied.items():
         if target in state:
             state[name] = state[target]
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    expected_missing = {n for n in missing if n.rpartition(".")[0] in {m for m, mod in model.named_modules()
-                                                                      if isinstance(mod, SparseLinear24)}}
-    if set(missing) - expected_missing or unexpected:
+    if {n for n in missing if n.rpartition(".")[0] not in replaced} or unexpected:
         raise ValueError(f"{directory}: compact file does not match the config (missing {sorted(missing)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]})")
     if getattr(config, "tie_word_embeddings", False):

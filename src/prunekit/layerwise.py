@@ -8,7 +8,6 @@ Pruners that fit W* X* to the dense W X (FISTAPruner: `paired_inputs`) take prun
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,9 +46,10 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     `offload`: where layers and activations wait while another layer is pruned (the walker's offload device).
     With `checkpoint_dir`, the state after each layer is saved there and a rerun with the same model,
     config and calibration windows resumes after the last finished layer.
-    `layer_sparsity` gives each decoder layer its own target instead of `config.sparsity` (unstructured only);
-    left None, the config's own allocation (`--layer-sparsity`: uniform, owl, rmi; prunekit.allocation) decides
-    them on the dense model first, and report.json's details record them.
+    `layer_sparsity` gives each decoder layer its own target instead of `config.sparsity` (unstructured, or
+    1 − N_l/M for a mixed N:M pattern: the layer is pruned at N_l:M); left None, the config's own allocation
+    (`--layer-sparsity`: uniform, owl, rmi; prunekit.allocation) decides them on the dense model first, and
+    report.json's details record them.
     `on_layer_done(index, hidden)` sees the outputs of each pruned layer on the calibration windows
     (hidden [windows, seqlen, dim], the next layer's inputs; read it, don't keep a reference).
     """
@@ -57,12 +57,13 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     if layer_sparsity is None and getattr(config, "layer_sparsity", "uniform") != "uniform":
         layer_sparsity, allocation = layer_rates(config, model, calib_ids, device=device, offload=offload,
                                                  batch_size=batch_size, progress=progress)
+    if config.pattern.mixed and layer_sparsity is None:
+        raise UsageError(f"--pattern {config.pattern} needs each layer's N: pass layer_sparsity or use "
+                         f"--layer-sparsity owl or rmi")
     if config.paired_inputs:
-        if on_layer_done is not None:
-            raise UsageError(f"{config.method} keeps no per-layer outputs to hand out (on_layer_done)")
         result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
                                            progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,
-                                           layer_sparsity=layer_sparsity)
+                                           layer_sparsity=layer_sparsity, on_layer_done=on_layer_done)
         result.details.update({"layer_sparsity": allocation} if allocation else {})
         return result
     result = PruneResult(details={"layer_sparsity": allocation} if allocation else {})
@@ -75,14 +76,14 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
         result.resume(walk.resumed)
     result.timings["calibration"] += walk.capture_seconds
     if layer_sparsity is not None:
-        if config.pattern.is_nm:
-            raise UsageError(f"per-layer sparsity needs the unstructured pattern, not {config.pattern}")
+        if config.pattern.is_nm and not config.pattern.mixed:
+            raise UsageError(f"per-layer sparsity needs the unstructured or a mixed N:M pattern, not {config.pattern}")
         if len(layer_sparsity) != len(walk.layers):
             raise UsageError(f"layer_sparsity has {len(layer_sparsity)} entries for {len(walk.layers)} decoder layers")
 
     for index, layer, kwargs in walk:
-        groups = walk.adapter.linear_groups(layer)
-        layer_config = config if layer_sparsity is None else dataclasses.replace(config, sparsity=layer_sparsity[index])
+        groups = walk.adapter.pruned_groups(layer, index, config)  # less what --targets/--ignore leave dense
+        layer_config = config if layer_sparsity is None else config.at_layer(layer_sparsity[index])
         pruners = [layer_config.make_pruner(group[0][1].in_features, device) for group in groups]
 
         t0 = time.perf_counter()
@@ -130,7 +131,8 @@ class _StatisticsHooks:
         self.recon_inputs: list[list[torch.Tensor]] = [[] for _ in groups]
         self.batch_start = 0
         self.handles = [group[0][1].register_forward_pre_hook(self._collect(g)) for g, group in enumerate(groups)]
-        self.handles.append(groups[-1][-1][1].register_forward_pre_hook(self._stop))
+        if groups:  # none: every operator of the layer is left dense (--ignore), the layer just runs
+            self.handles.append(groups[-1][-1][1].register_forward_pre_hook(self._stop))
 
     def set_batch(self, start: int) -> None:
         self.batch_start = start

@@ -215,12 +215,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             os.unlink(tmp)
 
 
+def _checkable(t: torch.Tensor) -> torch.Tensor:
+    """FP8 tensors have no isfinite kernel: check them widened (E4M3's NaN stays NaN)."""
+    return t.float() if t.element_size() == 1 else t
+
+
 def check_finite_weights(model: torch.nn.Module) -> None:
     """A UsageError if any parameter or buffer holds NaN/Inf: such a model is never saved."""
     tensors = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     bad = [name for name, t in tensors.items()  # a streamed model's layers (meta) were checked as they were written
-           if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()]
+           if t.is_floating_point() and not t.is_meta and not torch.isfinite(_checkable(t)).all()]
     if bad:
         raise UsageError(f"the result has NaN/Inf values in {len(bad)} of {len(tensors)} tensors (first: {bad[0]}): "
                          "nothing saved; lower the learning rate or check the method's options")

@@ -3,6 +3,10 @@
 A mask is a bool tensor shaped like the weight (out × in), True where the weight is kept.
 Every mask is chosen by exact count (top-k on a score), never by a threshold, so ties cannot
 change the achieved sparsity.
+
+Mixed N:M (`mixed-N:M`, as in OWL and LoSA) keeps M and gives every decoder layer its own N_l:M, the N_l
+averaging N over all pruned weights; prunekit.allocation picks them, and each layer is then pruned with the
+plain N_l:M pattern (`Pattern.of_layer`), so every pruner serves it unchanged.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class Pattern:
-    """`unstructured` (n = m = 0) or N:M: at most N non-zeros in every M consecutive input weights."""
+    """`unstructured` (n = m = 0), N:M: at most N non-zeros in every M consecutive input weights, or mixed N:M
+    (`mixed`): each decoder layer N_l:M, averaging N:M."""
 
     n: int = 0
     m: int = 0
+    mixed: bool = False
 
     @property
     def is_nm(self) -> bool:
@@ -31,22 +37,35 @@ class Pattern:
         text = str(text).strip().lower()
         if text == "unstructured":
             return cls()
-        match = re.fullmatch(r"(-?\d+):(-?\d+)", text)
+        match = re.fullmatch(r"(mixed-)?(-?\d+):(-?\d+)", text)
         if not match:
-            raise UsageError(f"unknown pattern {text!r}: use 'unstructured' or N:M such as 2:4 or 4:8")
-        n, m = int(match[1]), int(match[2])
+            raise UsageError(f"unknown pattern {text!r}: use 'unstructured', N:M such as 2:4 or 4:8, or mixed-N:M "
+                             f"such as mixed-2:4")
+        mixed, n, m = bool(match[1]), int(match[2]), int(match[3])
         if m <= 0:
             raise UsageError(f"pattern {text}: M must be a positive integer")
         if not 0 < n <= m:
             raise UsageError(f"pattern {text}: N must satisfy 0 < N <= M (N non-zeros kept out of every M)")
-        return cls(n, m)
+        if mixed and n == m:
+            raise UsageError(f"pattern {text}: a mixed pattern needs N < M (every layer keeps 1 to M-1 of each M)")
+        return cls(n, m, mixed)
 
     def sparsity(self, target: float) -> float:
-        """The sparsity this pattern achieves: 1 - N/M for N:M, else the target."""
+        """The sparsity this pattern achieves: 1 - N/M for N:M (on average for mixed N:M), else the target."""
         return 1.0 - self.n / self.m if self.is_nm else float(target)
 
+    def of_layer(self, sparsity: float) -> "Pattern":
+        """The plain N_l:M of one layer of this mixed pattern, from its sparsity 1 - N_l/M."""
+        n = round(self.m * (1.0 - sparsity))
+        if not self.mixed or abs(self.m * (1.0 - sparsity) - n) > 1e-6 or not 0 < n <= self.m:
+            raise UsageError(f"layer sparsity {sparsity} is not a layer of {self}: it must be 1 - N/{self.m} "
+                             f"with 0 < N <= {self.m}")
+        return Pattern(n, self.m)
+
     def __str__(self) -> str:
-        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+        if not self.is_nm:
+            return "unstructured"
+        return f"{'mixed-' if self.mixed else ''}{self.n}:{self.m}"
 
 
 def check_sparsity(value: float) -> float:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from conftest import random_windows, tiny_llama, tiny_opt
 from prunekit import get_adapter
@@ -78,6 +79,35 @@ def test_rotated_view_computes_the_fused_model(model):
         from_view = view.logits(view(ids, Q.float()))
     rotate_model(model, Q, stream)
     assert torch.allclose(from_view, logits(model, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_checkpointed_view_gives_the_same_loss_and_gradient(model, monkeypatch):
+    """Layer checkpointing (each layer rotated and recomputed inside its own checkpoint) changes memory only:
+    the same output and the same gradient of Q, with a masking transform like RotPruner's, and the layers
+    are left as they were."""
+    ids = random_windows(2, 24)
+    stream = make_rotation_invariant(model)
+    Q0 = random_rotation(stream.width, stream.ones_fixed, seed=5).float()
+
+    def prune_half(path, W):
+        keep = W.detach().abs() >= W.detach().abs().median()
+        return W * keep
+
+    import prunekit.rotation.view as view_module
+    calls = []
+    monkeypatch.setattr(view_module, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    results = []
+    for checkpoint_layers in (False, True):
+        Q = Q0.clone().requires_grad_(True)
+        view = RotatedForward(model, stream, get_adapter(model).backbone, checkpoint_layers=checkpoint_layers)
+        loss = view.logits(view(ids, Q, prune_half)).logsumexp(-1).mean()
+        loss.backward()
+        results.append((loss.detach(), Q.grad))
+    assert len(calls) == len(get_adapter(model).layers())  # one checkpoint per layer, only when asked
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    assert results[0][1].abs().max() > 0
+    assert all("forward" not in vars(layer) for layer in get_adapter(model).layers())
 
 
 def test_folding_is_idempotent(model):

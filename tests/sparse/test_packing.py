@@ -61,3 +61,17 @@ def test_bitmask_round_trip(cols):
     values, mask = pack_bitmask(W)
     assert values.numel() == int((W != 0).sum()) and mask.shape == (7, -(-cols // 8))
     assert torch.equal(unpack_bitmask(values, mask, cols).view(torch.int32), W.view(torch.int32))
+
+
+def test_float8_packings_round_trip_bit_exactly():
+    """FP8 weights (one byte each) go through the packings as their bytes: torch has no float8 gather/scatter."""
+    rows = torch.stack([torch.cat([a, b]) for a in every_24_group() for b in every_24_group()])
+    W = (rows * 100).to(torch.float8_e4m3fn)
+    assert is_24(W)
+    values, meta = pack_24(W)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == (121, 4)
+    assert torch.equal(unpack_24(values, meta).view(torch.uint8), W.view(torch.uint8))
+    dense = torch.randn(5, 13).masked_fill(torch.rand(5, 13) > 0.4, 0.0).to(torch.float8_e4m3fn)
+    values, mask = pack_bitmask(dense)
+    assert values.dtype == torch.float8_e4m3fn
+    assert torch.equal(unpack_bitmask(values, mask, 13).view(torch.uint8), dense.view(torch.uint8))

@@ -6,6 +6,10 @@ layer-wise pruner runs.
   rmi      layers whose representation the others share are pruned more (LoSA §2.2; allocation/rmi.py).
 
 The rates always average exactly the target over all pruned weights (allocation/rounding.py).
+
+Mixed N:M (`--pattern mixed-N:M`): the same allocations with a half-width of one step of N, 1/M (RMI's δ; OWL's λ
+unless set), then each layer's rate is rounded to a whole N_l — N − 1, N or N + 1 with that band — so that the
+N_l:M average exactly N:M (allocation/rounding.py `mixed_n`). A narrower band would round every layer to N.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..models.adapters import get_adapter
 from .owl import outlier_ratios, owl_rates
 from .rmi import (feature_positions, layer_features, layer_importance, rmi_delta, rmi_sparsity,
                   similarity_matrix)
+from .rounding import mixed_n
 
 #: RMI's representations: 1024 tokens drawn from the first 16 calibration windows (LoSA's defaults)
 RMI_TOKENS, RMI_WINDOWS, RMI_SEED = 1024, 16, 0
@@ -30,22 +35,35 @@ def layer_sizes(model) -> list[int]:
 def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cpu", batch_size: int = 8,
                 progress: bool = True) -> tuple[list[float] | None, dict]:
     """(each decoder layer's sparsity, or None for uniform; what report.json should say about it) for the
-    config's `layer_sparsity`, measured on the dense `model` with the calibration windows."""
-    kind, target, sizes = config.layer_sparsity, config.sparsity, layer_sizes(model)
+    config's `layer_sparsity`, measured on the dense `model` with the calibration windows. For a mixed N:M
+    pattern each rate is 1 − N_l/M."""
+    kind, target, sizes, pattern = config.layer_sparsity, config.sparsity, layer_sizes(model), config.pattern
     if kind == "uniform":
         return None, {}
     if kind == "owl":
         ratios = outlier_ratios(model, calib, config.owl_m, device=device, offload=offload, batch_size=batch_size,
                                 progress=progress)
         rates = owl_rates(ratios, sizes, target, config.owl_lambda)
-        return rates, {"allocation": "owl", "M": config.owl_m, "lambda": config.owl_lambda,
-                       "outlier_ratios": ratios, "rates": rates}
-    positions = feature_positions(calib, RMI_WINDOWS, RMI_TOKENS, RMI_SEED)
-    features = layer_features(model, calib, positions, device, batch_size, offload)
-    importance = layer_importance(similarity_matrix(features))
-    rates = rmi_sparsity(importance, sizes, target, rmi_delta(target))
-    return rates, {"allocation": "rmi", "delta": rmi_delta(target), "importance": importance.tolist(),
-                   "rates": rates}
+        report = {"allocation": "owl", "M": config.owl_m, "lambda": config.owl_lambda, "outlier_ratios": ratios,
+                  "rates": rates}
+    else:
+        delta = 1 / pattern.m if pattern.mixed else rmi_delta(target)
+        positions = feature_positions(calib, RMI_WINDOWS, RMI_TOKENS, RMI_SEED)
+        features = layer_features(model, calib, positions, device, batch_size, offload)
+        importance = layer_importance(similarity_matrix(features))
+        rates = rmi_sparsity(importance, sizes, target, delta)
+        report = {"allocation": "rmi", "delta": delta, "importance": importance.tolist(), "rates": rates}
+    if pattern.mixed:
+        rates, report["mixed"] = mixed_rates(rates, sizes, pattern)
+        report["rates"] = rates
+    return rates, report
 
 
-__all__ = ["layer_rates", "layer_sizes", "outlier_ratios", "owl_rates"]
+def mixed_rates(rates: list[float], sizes: list[int], pattern) -> tuple[list[float], dict]:
+    """A mixed N:M pattern's layer rates 1 − N_l/M from an allocation's continuous `rates`, and report.json's
+    record of them (each layer's N, the rates before rounding)."""
+    N = mixed_n(rates, sizes, pattern.n, pattern.m)
+    return [1.0 - n / pattern.m for n in N], {"pattern": str(pattern), "N": N, "continuous_rates": list(rates)}
+
+
+__all__ = ["layer_rates", "layer_sizes", "mixed_n", "mixed_rates", "outlier_ratios", "owl_rates"]

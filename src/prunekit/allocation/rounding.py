@@ -23,3 +23,25 @@ def whole_weight_rates(x: np.ndarray, sizes: np.ndarray, target: float, lo: np.n
         if counts.sum() > want and counts[j] - 1 >= math.ceil(lo[j] * sizes[j]):
             counts[j] -= 1
     return (counts / sizes).tolist()
+
+
+def mixed_n(rates, sizes, n: int, m: int) -> list[int]:
+    """Each layer's N_l for mixed N:M, from its continuous sparsity x_l: k_l = M (1 − x_l) rounded to an integer
+    in [1, M − 1], largest remainders first, so that Σ_l n_l N_l = N Σ_l n_l exactly (the layers' N_l:M average
+    N:M over all pruned weights).
+
+    Exactness needs whole steps to cancel, so layers trade them only with layers of the same size n_l (a
+    transformer's decoder layers are one size; if several sizes, each keeps its own average at N)."""
+    k = np.round(m * (1.0 - np.asarray(rates, dtype=np.float64)), 9)  # 9 digits: 1.9999999999 is 2
+    sizes = np.asarray(sizes)
+    N = np.clip(np.floor(k), 1, m - 1).astype(int)
+    for size in np.unique(sizes):
+        same = np.flatnonzero(sizes == size)
+        want = n * len(same)
+        while N[same].sum() < want:  # one step up where k_l − N_l is largest
+            room = same[N[same] < m - 1]
+            N[room[np.argmax(k[room] - N[room])]] += 1
+        while N[same].sum() > want:  # one step down where it is smallest
+            room = same[N[same] > 1]
+            N[room[np.argmin(k[room] - N[room])]] -= 1
+    return N.tolist()

@@ -6,6 +6,8 @@ small subclass and listing its `model_types` (the `config.model_type` values it 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch.nn as nn
@@ -58,6 +60,35 @@ class Adapter:
 
     def linears(self, layer: nn.Module) -> list[tuple[str, nn.Linear]]:
         return [op for group in self.linear_groups(layer) for op in group]
+
+    def pruned_groups(self, layer: nn.Module, index: int, config) -> list[list[tuple[str, nn.Linear]]]:
+        """What a layer-wise pruner prunes in decoder layer `index`: its linear_groups less the operators that
+        `config`'s --targets/--ignore leave dense (`prunes`), groups left empty dropped. The operators of a group
+        read the same input, so the statistics of whichever operator comes first serve the rest."""
+        prefix = self.layer_prefix(index)
+        groups = [[(name, op) for name, op in group if prunes(config, f"{prefix}.{name}")]
+                  for group in self.linear_groups(layer)]
+        return [group for group in groups if group]
+
+    def operator_names(self) -> list[str]:
+        """Every linear operator of every decoder layer by its model-relative name (model.layers.3.mlp.down_proj)."""
+        return [f"{self.layer_prefix(i)}.{path}" for i in range(len(self.layers())) for group in self.groups
+                for path in group]
+
+    def dense_operators(self, config) -> list[str]:
+        """The operators `config`'s --targets/--ignore leave dense; a UsageError, before any work, for a regex that
+        matches no operator or a selection that leaves nothing to prune."""
+        names = self.operator_names()
+        for flag in ("targets", "ignore"):
+            for regex in getattr(config, flag, ()):
+                if not any(re.fullmatch(regex, name) for name in names):
+                    raise UsageError(f"--{flag} {regex!r} matches none of the {len(names)} linear operators of the "
+                                     f"decoder layers ({names[0]} ... {names[-1]}): a regex must match a whole name, "
+                                     "e.g. '.*mlp.down_proj'")
+        dense = [name for name in names if not prunes(config, name)]
+        if len(dense) == len(names):
+            raise UsageError("--targets and --ignore leave no operator to prune: ignore fewer operators")
+        return dense
 
     def norms(self, layer: nn.Module) -> list[nn.Module]:
         return [layer.get_submodule(path) for path in self.norm_paths]
@@ -112,6 +143,57 @@ class Gemma3Adapter(LlamaAdapter):
 
 
 ADAPTERS: list[type[Adapter]] = [LlamaAdapter, Gemma3Adapter, OPTAdapter]
+
+
+#: llm-compressor's spelling of a regex (`re:.*down_proj`); prunekit's --targets/--ignore are regexes anyway
+REGEX_PREFIX = "re:"
+
+
+def operator_regexes(value: str | Iterable[str] | None, flag: str) -> tuple[str, ...]:
+    """--targets / --ignore as a tuple of regexes: a string or strings, each a comma-separated list (a comma inside
+    (), [] or {} belongs to its regex, as in `.{1,3}`; `\\,` is a literal comma), `re:` prefixes dropped.
+    A ValueError for one that does not compile."""
+    items = [value] if isinstance(value, str) else list(value or ())
+    regexes = []
+    for item in items:
+        for regex in _split_commas(str(item)):
+            regex = regex.strip().removeprefix(REGEX_PREFIX)
+            if not regex:
+                continue
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise ValueError(f"{flag} {regex!r} is not a regular expression ({err}): fix it, e.g. "
+                                 "'.*mlp.down_proj'") from None
+            regexes.append(regex)
+    return tuple(regexes)
+
+
+def _split_commas(text: str) -> list[str]:
+    """`text` split at the commas outside brackets (and not escaped)."""
+    parts, depth, start, escaped = [], 0, 0, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def prunes(config, name: str) -> bool:
+    """Whether a layer-wise pruner with `config` prunes the operator `name` (model-relative): its name fully
+    matches one of the config's `targets` regexes (none: every operator) and none of its `ignore` regexes.
+    The one rule of operator selection (whole-model methods have neither field: they prune every operator)."""
+    targets, ignore = getattr(config, "targets", ()), getattr(config, "ignore", ())
+    return ((not targets or any(re.fullmatch(regex, name) for regex in targets))
+            and not any(re.fullmatch(regex, name) for regex in ignore))
 
 
 def attention_inputs(model: nn.Module) -> set[str] | None:

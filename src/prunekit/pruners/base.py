@@ -23,16 +23,19 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
+from ..models.adapters import operator_regexes
 from ..patterns import Pattern, check_sparsity, select_mask
 
 UNSTRUCTURED_DEFAULT = 0.5
 #: --layer-sparsity: how the target is spread over the decoder layers (prunekit.allocation)
 ALLOCATIONS = ("uniform", "owl", "rmi")
+#: OWL's λ (the paper's); a mixed N:M pattern that leaves it here gets one step of N instead (1/M)
+OWL_LAMBDA = 0.08
 
 
 @dataclass
 class PruneConfig:
-    """Target sparsity and pattern shared by every pruner. `pattern` is 'unstructured' or 'N:M'.
+    """Target sparsity and pattern shared by every pruner. `pattern` is 'unstructured', 'N:M' or 'mixed-N:M'.
 
     `sparsity` is the fraction of zeros; left as None it is 0.5 (unstructured) or the pattern's 1 − N/M.
     Every numeric field of every config is checked here: finite, and within the field's `min` / `above`
@@ -48,6 +51,8 @@ class PruneConfig:
     per_layer_sparsity: ClassVar[bool] = True
     #: the pruner fits W* X* to the dense W X: it runs on prunekit.correction's paired dense/pruned loop
     paired_inputs: ClassVar[bool] = False
+    #: it can give each decoder layer its own N_l:M (`--pattern mixed-N:M`)
+    mixed_nm: ClassVar[bool] = False
     #: a structured method names the field that says what it removes ("slicing": hidden width, "channels":
     #: MLP channels); its `sparsity` is then 0.0: it leaves no zeros
     removes: ClassVar[str | None] = None
@@ -62,6 +67,9 @@ class PruneConfig:
                 raise ValueError(f"--method {self.method} removes whole dimensions: use --{self.removes}, not "
                                  f"--pattern {self.pattern}")
             self.sparsity = 0.0
+        if self.pattern.mixed and not self.mixed_nm:
+            raise ValueError(f"--method {self.method} prunes every layer alike: --pattern {self.pattern} needs a "
+                             f"layer-wise pruner (--method wanda, sparsegpt, magnitude, ria, fista) or losa")
         if self.pattern.is_nm:
             implied = self.pattern.sparsity(0.0)
             if self.sparsity is not None and abs(float(self.sparsity) - implied) > 1e-9:
@@ -72,6 +80,10 @@ class PruneConfig:
             self.sparsity = UNSTRUCTURED_DEFAULT
         self.sparsity = check_sparsity(self.sparsity)
         check_numbers(self)
+
+    def at_layer(self, sparsity: float) -> "PruneConfig":
+        """This config for one decoder layer at `sparsity`, a per-layer allocation's rate."""
+        return dataclasses.replace(self, sparsity=sparsity)
 
     def make_pruner(self, in_features: int, device: torch.device) -> "Pruner":
         """The Pruner of one group of operators with `in_features` inputs (per-operator pruners only)."""
@@ -84,23 +96,49 @@ class PruneConfig:
 @dataclass
 class LayerwiseConfig(PruneConfig):
     """A per-operator pruner's config: the pruner runs layer by layer (prunekit.layerwise), each decoder layer at
-    the sparsity its `layer_sparsity` allocation gives (prunekit.allocation), averaging `sparsity`."""
+    the sparsity its `layer_sparsity` allocation gives (prunekit.allocation), averaging `sparsity`; with a mixed
+    N:M pattern, at the N_l:M the allocation gives."""
 
+    mixed_nm = True
     layer_sparsity: str = field(default="uniform", metadata={
         "help": "per-layer sparsity: uniform, owl (layers with more outlier weights pruned less) or rmi (layers "
                 "whose representation the others share pruned more, LoSA's rule)"})
     owl_m: float = field(default=5.0, metadata={
         "help": "OWL: a weight is an outlier when |W_ij|·‖X_j‖ exceeds M × its layer's mean", "above": 0.0})
-    owl_lambda: float = field(default=0.08, metadata={
-        "help": "OWL: every layer's sparsity stays within the target ± λ", "min": 0.0})
+    owl_lambda: float = field(default=OWL_LAMBDA, metadata={
+        "help": "OWL: every layer's sparsity stays within the target ± λ (for --pattern mixed-N:M the default is one "
+                "step of N, 1/M)", "min": 0.0})
+    # which operators are pruned: the rule is prunekit.models.adapters.prunes
+    targets: tuple[str, ...] = field(default=(), metadata={"repeat": True, "help": (
+        "prune only the operators whose model-relative name (model.layers.3.mlp.down_proj) fully matches one of "
+        "these regexes (repeatable or comma-separated; llm-compressor's re: prefix accepted; default: every linear "
+        "operator of the decoder layers)")})
+    ignore: tuple[str, ...] = field(default=(), metadata={"repeat": True, "help": (
+        "leave dense the operators whose name fully matches one of these regexes, e.g. '.*mlp.down_proj' "
+        "(repeatable or comma-separated; listed in report.json)")})
 
     def __post_init__(self):
         super().__post_init__()
+        self.targets = operator_regexes(self.targets, "--targets")
+        self.ignore = operator_regexes(self.ignore, "--ignore")
         if self.layer_sparsity not in ALLOCATIONS:
             raise ValueError(f"unknown --layer-sparsity {self.layer_sparsity!r}: choose one of {', '.join(ALLOCATIONS)}")
-        if self.layer_sparsity != "uniform" and self.pattern.is_nm:
+        if self.layer_sparsity != "uniform" and self.pattern.is_nm and not self.pattern.mixed:
             raise ValueError(f"--layer-sparsity {self.layer_sparsity} gives each layer its own fraction of zeros: "
-                             f"use --pattern unstructured, not {self.pattern}")
+                             f"use --pattern unstructured or mixed-{self.pattern}, not {self.pattern}")
+        if self.pattern.mixed:
+            if self.layer_sparsity == "uniform":
+                raise ValueError(f"--pattern {self.pattern} takes each layer's N from layer scores: add "
+                                 f"--layer-sparsity owl or rmi")
+            if self.owl_lambda == OWL_LAMBDA:  # N moves in steps of 1/M: the default λ is one step
+                self.owl_lambda = 1 / self.pattern.m
+
+    def at_layer(self, sparsity: float) -> "LayerwiseConfig":
+        """A mixed N:M pattern's layer at `sparsity` = 1 − N_l/M is pruned with the plain N_l:M."""
+        if self.pattern.mixed:  # the allocation is done: the layer's config is a plain, uniform one
+            return dataclasses.replace(self, pattern=self.pattern.of_layer(sparsity), sparsity=None,
+                                       layer_sparsity="uniform")
+        return super().at_layer(sparsity)
 
 
 class Pruned(NamedTuple):

@@ -48,7 +48,6 @@ class FistaConfig(LayerwiseConfig):
         'the mask and a least-squares refit; intra-layer error correction'
     )
     paper = 'Zhao et al., 2024 (FISTAPruner)'
-    per_layer_sparsity = False  # LoSA cannot drive it: its paired loop (prunekit.correction) keeps no per-layer outputs
     paired_inputs = True
     error_correction: str = field(default="intra", metadata={
         "help": "intra (dense layer inputs, pruned earlier operators of the same layer), "

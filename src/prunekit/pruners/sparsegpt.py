@@ -1,5 +1,10 @@
 """SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive Language Models Can Be Accurately
-Pruned in One-Shot"): OBS mask selection and weight reconstruction, column by column."""
+Pruned in One-Shot"): OBS mask selection and weight reconstruction, column by column.
+
+With `quantize="fp8"` the same pass also quantizes, as the paper's joint sparsification and quantization and GPTQ
+(Frantar et al., 2023) do: each column's kept weights are rounded to FP8 before its error is spread over the later
+columns, so the rounding error is compensated like the pruning error. `GPTQConfig` runs that pass with the mask
+fixed to a weight's non-zeros: quantization of a model another pruner has already pruned."""
 
 from __future__ import annotations
 
@@ -8,7 +13,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..patterns import keep_in_matrix, keep_n_of_m
+from ..quantize.fp8 import fp8_scale, round_to_fp8
+from ..sparse.packing import nonzero_bits
 from .base import LayerwiseConfig, Pruned, Pruner
+
+#: --quantize: none, or fp8 (E4M3 weights, one power-of-two scale per output channel: prunekit.quantize.fp8)
+QUANTIZE = ("none", "fp8")
 
 
 @dataclass
@@ -23,9 +33,14 @@ class SparseGPTConfig(LayerwiseConfig):
                                                      "above": 0.0})
     update: bool = field(default=True, metadata={"flag": "--no-update",
                                                  "help": "mask only, without weight reconstruction"})
+    quantize: str = field(default="none", metadata={
+        "help": "fp8: also round the kept weights to FP8 (E4M3, a scale per output channel) in the same column "
+                "pass, their rounding error compensated like the pruning error"})
 
     def __post_init__(self):
         super().__post_init__()
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"unknown --quantize {self.quantize!r}: choose one of {', '.join(QUANTIZE)}")
         if self.pattern.is_nm and self.blocksize % self.pattern.m:
             raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.pattern.m}")
 
@@ -122,11 +137,18 @@ class SparseGPTPruner(Pruner):
 
     def prune(self, weight: torch.Tensor) -> Pruned:
         """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for
-        each column j zero the pruned weights and spread the error over the later columns,
+        each column j zero the pruned weights (and with quantize="fp8" round the kept ones to the FP8 grid of
+        their row's scale s, q_j = s·fp8(w_j / s)) and spread the error over the later columns,
         W[:, j:] -= (w_j − q_j)/[H⁻¹]_jj · [H⁻¹]_{j, j:}  (skipped when update=False).
+        The returned weight is exactly Q·s (exact in bf16 too: prunekit.quantize.fp8)."""
+        return self._column_pass(weight, fixed_mask=None)
+
+    def _column_pass(self, weight: torch.Tensor, fixed_mask: torch.Tensor | None) -> Pruned:
+        """`prune`'s loop; with `fixed_mask` (out × in, True = kept) no mask is chosen: that one is kept.
 
         Works on Wᵀ so that a column of W is a contiguous row and each update is one rank-1 `addr_`.
-        """
+        The FP8 scales come from the dense weights before the pass, as in GPTQ; a weight that the updates push
+        past 448·s saturates there."""
         cfg, pattern = self.config, self.config.pattern
         if self.H is None:
             raise ValueError("SparseGPT reconstructs from its own statistics: feed add_batch before prune "
@@ -134,20 +156,24 @@ class SparseGPTPruner(Pruner):
         Hinv, dead = self.inverse_hessian_factor()
         Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
         Wt[dead] = 0.0
-        kept = torch.ones_like(Wt, dtype=torch.bool)
+        scale = fp8_scale(Wt.t()).to(Wt.device) if cfg.quantize == "fp8" else None  # [out]
+        kept = torch.ones_like(Wt, dtype=torch.bool) if fixed_mask is None else fixed_mask.t().contiguous()
+        choose_mask = fixed_mask is None
         for i1 in range(0, Wt.shape[0], cfg.blocksize):
             i2 = min(i1 + cfg.blocksize, Wt.shape[0])
             B, Hb = Wt[i1:i2], Hinv[i1:i2, i1:i2]
             d = torch.diag(Hb).unsqueeze(1)
             keep = kept[i1:i2]
-            if not pattern.is_nm:
+            if choose_mask and not pattern.is_nm:
                 keep.copy_(keep_in_matrix(B**2 / d**2, cfg.sparsity))
             errs = torch.zeros_like(B)
             for i in range(i2 - i1):
-                if pattern.is_nm and i % pattern.m == 0:
+                if choose_mask and pattern.is_nm and i % pattern.m == 0:
                     scores = (B[i:i + pattern.m] ** 2 / d[i:i + pattern.m] ** 2).t()
                     keep[i:i + pattern.m] = keep_n_of_m(scores, pattern.n, pattern.m).t()
                 q = torch.where(keep[i], B[i], 0.0)
+                if scale is not None:
+                    q = round_to_fp8(q, scale)
                 if cfg.update:
                     errs[i] = (B[i] - q) / d[i]
                     B[i:].addr_(Hb[i, i:], errs[i], alpha=-1.0)
@@ -155,3 +181,26 @@ class SparseGPTPruner(Pruner):
             if cfg.update:
                 Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), errs, alpha=-1.0)
         return Pruned(Wt.t().contiguous(), kept.t().contiguous())
+
+
+@dataclass
+class GPTQConfig(SparseGPTConfig):
+    """GPTQ (Frantar et al., 2023) on a model that is already pruned: SparseGPT's column pass with the mask fixed
+    to each weight's non-zeros, every kept weight rounded to FP8 and its error spread over the later columns.
+    Zeros stay zeros. Not a registered pruner: prunekit.quantize runs it (`FP8Config(compensate=True)`)."""
+
+    method = "gptq-fp8"
+    summary = "GPTQ quantization to FP8 with the existing mask kept"
+    paper = "Frantar et al., 2023"
+    sparsity: float | None = 0.0
+    quantize: str = "fp8"
+
+    def make_pruner(self, in_features, device):
+        return GPTQPruner(self, in_features, device)
+
+
+class GPTQPruner(SparseGPTPruner):
+    def prune(self, weight: torch.Tensor) -> Pruned:
+        """GPTQ's update rule, W[:, j:] -= (w_j − q_j)/[H⁻¹]_jj · [H⁻¹]_{j, j:}, with q_j = s·fp8(w_j / s) on the
+        kept weights and 0 on the pruned ones (whose updates from earlier columns are thus passed on, not kept)."""
+        return self._column_pass(weight, fixed_mask=nonzero_bits(weight))

@@ -8,6 +8,10 @@ where t(name, W) is an optional per-operator transform of the rotated weight (Ro
 pruner's mask with a straight-through gradient). The LM head is applied to z in the original basis,
 which equals the rotated head (head Q) applied to n(h_L): it saves rotating a vocab × d matrix
 every step.
+
+With `checkpoint_layers`, each decoder layer runs under activation checkpointing and rotates its own
+weights inside: the backward pass keeps only each layer's input and recomputes the rest, instead of holding
+every layer's rotated fp32 weights at once (≈ 0.9 GB a layer at 8B widths). Same arithmetic, same result.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
+from ..models.adapters import get_adapter
 from .invariant import ResidualStream, is_rotation_invariant
 
 Transform = Callable[[str, torch.Tensor], torch.Tensor]
@@ -27,7 +33,8 @@ class RotatedForward:
     """Call with (input_ids, Q[, transform]) → z [batch, tokens, d], the final hidden state in the
     original basis; `logits(z)` applies the frozen head."""
 
-    def __init__(self, model: nn.Module, stream: ResidualStream, backbone: nn.Module):
+    def __init__(self, model: nn.Module, stream: ResidualStream, backbone: nn.Module,
+                 checkpoint_layers: bool = False):
         if not is_rotation_invariant(model):
             raise ValueError("RotatedForward needs a rotation-invariant model: call make_rotation_invariant first")
         self.model, self.stream, self.backbone = model, stream, backbone
@@ -39,26 +46,77 @@ class RotatedForward:
         self.writers = {p: modules[p].weight for p in stream.writers}
         self.rows = {p: params[p] for p in stream.row_params}
         self.head = modules[stream.head]
+        self.checkpoint_layers = checkpoint_layers
+        adapter = get_adapter(model)
+        self.layers = {adapter.layer_prefix(i) + ".": layer for i, layer in enumerate(adapter.layers())}
+        self._inside: set[int] = set()  # layers whose checkpointed forward is running
 
     def _local(self, name: str) -> str:
         return name[len(self.prefix):] if name.startswith(self.prefix) else name
 
-    def rotated_weights(self, Q: torch.Tensor, transform: Transform | None = None) -> dict[str, torch.Tensor]:
-        """{parameter name relative to the backbone: rotated (and transformed) tensor}, rotated in Q's dtype and
-        handed to the forward pass in the model's own (a bfloat16 model computes in bfloat16)."""
+    def rotated_weights(self, Q: torch.Tensor, transform: Transform | None = None,
+                        root: str | None = None) -> dict[str, torch.Tensor]:
+        """{parameter name: rotated (and transformed) tensor}, rotated in Q's dtype and handed to the forward pass
+        in the model's own (a bfloat16 model computes in bfloat16). Names are relative to the backbone; with
+        `root` (a decoder layer's prefix) only that layer's parameters, named relative to it."""
         out = {}
+
+        def put(name: str, tensor: torch.Tensor) -> None:
+            if root is None:
+                out[self._local(name)] = tensor
+            else:
+                out[name[len(root):]] = tensor
+
+        def wanted(name: str) -> bool:
+            return root is None or name.startswith(root)
+
         for path, W in self.readers.items():
-            Wr = W.to(Q.dtype) @ Q
-            out[self._local(path + ".weight")] = (transform(path, Wr) if transform else Wr).to(W.dtype)
+            if wanted(path):
+                Wr = W.to(Q.dtype) @ Q
+                put(path + ".weight", (transform(path, Wr) if transform else Wr).to(W.dtype))
         for path, W in self.writers.items():
-            Wr = Q.t() @ W.to(Q.dtype)
-            out[self._local(path + ".weight")] = (transform(path, Wr) if transform else Wr).to(W.dtype)
+            if wanted(path):
+                Wr = Q.t() @ W.to(Q.dtype)
+                put(path + ".weight", (transform(path, Wr) if transform else Wr).to(W.dtype))
         for name, b in self.rows.items():
-            out[self._local(name)] = (b.to(Q.dtype) @ Q).to(b.dtype)
+            if wanted(name):
+                put(name, (b.to(Q.dtype) @ Q).to(b.dtype))
         return out
 
+    def _outside_layers(self, Q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rotated parameters that belong to no decoder layer (a final LayerNorm's bias)."""
+        return {self._local(name): (b.to(Q.dtype) @ Q).to(b.dtype) for name, b in self.rows.items()
+                if not name.startswith(tuple(self.layers))}
+
+    def _checkpoint_layers(self, Q: torch.Tensor, transform: Transform | None):
+        """Make each decoder layer run checkpointed with its own rotated weights; returns the undo function."""
+        for root, layer in self.layers.items():
+            def run(Q, *args, root=root, layer=layer, **kwargs):
+                self._inside.add(id(layer))
+                try:
+                    return functional_call(layer, self.rotated_weights(Q, transform, root), args, kwargs,
+                                           strict=False)
+                finally:
+                    self._inside.discard(id(layer))
+
+            def forward(*args, run=run, layer=layer, **kwargs):
+                if id(layer) in self._inside:  # the call from `run` itself: the layer's own forward
+                    return type(layer).forward(layer, *args, **kwargs)
+                return checkpoint(run, Q, *args, use_reentrant=False, **kwargs)
+
+            layer.forward = forward
+
+        def undo():
+            for layer in self.layers.values():
+                del layer.forward  # the instance attribute: the class's forward shows again
+        return undo
+
     def __call__(self, input_ids: torch.Tensor, Q: torch.Tensor, transform: Transform | None = None) -> torch.Tensor:
-        overrides = self.rotated_weights(Q, transform)
+        undo = None
+        if self.checkpoint_layers:
+            overrides, undo = self._outside_layers(Q), self._checkpoint_layers(Q, transform)
+        else:
+            overrides = self.rotated_weights(Q, transform)
         handles = [m.register_forward_hook(lambda mod, args, out: out @ Q.to(out.dtype)) for m in self.embeddings]
         try:
             out = functional_call(self.backbone, overrides, args=(), kwargs={"input_ids": input_ids, "use_cache": False},
@@ -66,6 +124,8 @@ class RotatedForward:
         finally:
             for h in handles:
                 h.remove()
+            if undo:
+                undo()
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         return hidden @ Q.t().to(hidden.dtype)
 

@@ -9,14 +9,15 @@
 bitmask — any sparsity:
   values [nnz]: the non-zero weights in row-major order;
   mask   [out, ceil(in/8)] uint8: bit k of byte j set when input 8j + k is non-zero.
-Unpacking restores the dense tensor bit for bit.
+Unpacking restores the dense tensor bit for bit. One-byte floats (float8_e4m3fn) are packed as their bytes, since
+torch's gather and scatter take no float8 tensors.
 """
 
 from __future__ import annotations
 
 import torch
 
-_INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def nonzero_bits(W: torch.Tensor) -> torch.Tensor:
@@ -33,8 +34,16 @@ def is_24(W: torch.Tensor) -> bool:
     return bool((nonzero_bits(W).view(W.shape[0], -1, 4).sum(dim=2) <= 2).all())
 
 
+def _byte_float(W: torch.Tensor) -> bool:
+    """A one-byte float (float8): packed through its uint8 view, since the packings move bits, never values."""
+    return W.is_floating_point() and W.element_size() == 1
+
+
 def pack_24(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [out, in/2], meta [out, in/8] uint8) of a 2:4 weight; ValueError if it is not 2:4."""
+    if _byte_float(W):
+        values, meta = pack_24(W.view(torch.uint8))
+        return values.view(W.dtype), meta
     out, cols = W.shape
     if cols % 8:
         raise ValueError(f"2:4 packing needs a multiple of 8 inputs, got {cols}")
@@ -63,6 +72,8 @@ def _not_24_message(W: torch.Tensor, nz: torch.Tensor) -> str:
 
 def unpack_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """The dense [out, in] weight from a 2:4 packing."""
+    if _byte_float(values):
+        return unpack_24(values.view(torch.uint8), meta).view(values.dtype)
     out, half = values.shape
     nibble = torch.stack([meta & 0xF, meta >> 4], dim=2).view(out, half // 2).long()
     idx = torch.stack([nibble & 3, nibble >> 2], dim=2)  # [out, groups, 2]
@@ -73,6 +84,9 @@ def unpack_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
 
 def pack_bitmask(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [nnz], mask [out, ceil(in/8)] uint8) of any 2-D weight."""
+    if _byte_float(W):
+        values, mask = pack_bitmask(W.view(torch.uint8))
+        return values.view(W.dtype), mask
     out, cols = W.shape
     nz = nonzero_bits(W)
     padded = torch.zeros(out, -(-cols // 8) * 8, dtype=torch.uint8, device=W.device)
@@ -84,6 +98,8 @@ def pack_bitmask(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def unpack_bitmask(values: torch.Tensor, mask: torch.Tensor, cols: int) -> torch.Tensor:
     """The dense [out, cols] weight from a bitmask packing."""
+    if _byte_float(values):
+        return unpack_bitmask(values.view(torch.uint8), mask, cols).view(values.dtype)
     out = mask.shape[0]
     bits = (mask.unsqueeze(2) >> torch.arange(8, device=mask.device, dtype=torch.uint8)) & 1
     nz = bits.view(out, -1)[:, :cols].bool()

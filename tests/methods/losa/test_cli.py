@@ -49,7 +49,7 @@ def test_finetune_an_already_pruned_model_keeps_its_zeros(tiny_model_dir, text_f
 @pytest.mark.parametrize("extra,message", [
     (["--adapter", "dense"], "--stages 1"),
     (["--rank", 0], "positive"),
-    (["--base-pruner", "fista"], "base-pruner"),
+    (["--base-pruner", "obs"], "base-pruner"),
     (["--rmi-kernel", "cosine"], "rmi-kernel"),
 ])
 def test_bad_losa_flags_exit_2_with_one_line_and_no_output(tiny_model_dir, text_file, tmp_path, capsys, extra, message):

@@ -9,6 +9,10 @@ For each stage t = 1..T, with the model's current (merged) weights:
      (Eq. 9);
   4. attach the mask-aligned LoRA (ΔW = s (BA) ⊙ M) and fine-tune it on the stage's share of the data;
   5. merge it: the weights keep exactly the stage's mask.
+
+N:M cannot be reached gradually: every stage prunes at the full N:M. Mixed N:M likewise: each layer's N_l comes
+from RMI on the dense model (stage 1, half-width one step of N) and every stage prunes that layer at N_l:M. Later
+RMI rounds could not move them: a pruned weight never comes back, so no layer could take a larger N_l.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
+from ...allocation import mixed_rates
 from ...allocation.rmi import feature_positions, layer_features, layer_importance, rmi_sparsity, similarity_matrix
 from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
 from ...engine import OperatorResult, PruneResult
@@ -112,6 +117,13 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
                        for layer, size in zip(layers, sizes)]
             rates = rmi_sparsity(importance, sizes, target, config.delta(target), current)
             stage["importance"] = importance.tolist()
+        elif config.pattern.mixed:
+            if t == 1:  # the dense model's RMI fixes every layer's N_l for all stages (module docstring)
+                importance = layer_importance(similarity_matrix(features, config.rmi_kernel))
+                continuous = rmi_sparsity(importance, sizes, target, config.delta(target))
+                _, result.details["mixed"] = mixed_rates(continuous, sizes, config.pattern)
+                stage["importance"] = importance.tolist()
+            rates = [1.0 - n / config.pattern.m for n in result.details["mixed"]["N"]]
         del features
         stage["seconds_rmi"] = time.perf_counter() - t0
         result.timings["rmi"] += stage["seconds_rmi"]

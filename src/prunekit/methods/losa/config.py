@@ -31,8 +31,9 @@ class LosaConfig(PruneConfig):
         'error'
     )
     paper = 'Huang et al., 2025 (LoSA)'
+    mixed_nm = True  # each layer's N_l from RMI on the dense model (algorithm.py)
 
-    base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage: any pruner that takes per-layer sparsities (all but fista)"})
+    base_pruner: str = field(default="wanda", metadata={"help": "pruner applied at every stage (any layer-wise pruner)"})
     stages: int = field(default=5, metadata={"help": "progressive stages T (cubic schedule from 0 to the target); 1 = one-shot"})
     rank: int = field(default=8, metadata={"help": "average LoRA rank r̄ over layers and stages"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA α; the update is scaled by α / r̄"})
@@ -49,7 +50,7 @@ class LosaConfig(PruneConfig):
         "flag": "--no-rmi", "help": "uniform layer sparsity instead of RMI rates"})
     rmi_delta: float = field(default=0.0, metadata={
         "help": "layer rates stay within the stage target ± this; 0 = the authors' rule "
-                "(0.01 up to 50%%, 0.02 up to 60%%, 0.03 above)"})
+                "(0.01 up to 50%%, 0.02 up to 60%%, 0.03 above), or one step of N (1/M) for --pattern mixed-N:M"})
     rmi_kernel: str = field(default="linear", metadata={"help": "HSIC kernel: linear (= linear CKA) or rbf"})
     rmi_tokens: int = field(default=1024, metadata={"help": "calibration tokens whose representations RMI and the reconstruction errors compare"})
     feature_windows: int = field(default=16, metadata={"help": "calibration windows those tokens are drawn from"})
@@ -68,6 +69,11 @@ class LosaConfig(PruneConfig):
         bases = [name for name, cls in PRUNERS.items() if cls.per_layer_sparsity]  # the RMI rates are per layer
         if self.base_pruner not in bases:
             raise ValueError(f"--base-pruner {self.base_pruner!r}: choose one of {', '.join(bases)}")
+        if self.pattern.mixed and not self.rmi:
+            raise ValueError(f"--pattern {self.pattern} takes each layer's N from RMI: drop --no-rmi")
+        if self.pattern.mixed and not PRUNERS[self.base_pruner].mixed_nm:
+            raise ValueError(f"--base-pruner {self.base_pruner} cannot prune layers at their own N:M: use "
+                             f"--pattern {self.pattern.n}:{self.pattern.m}")
         for name in ("stages", "rank", "min_rank", "max_rank", "rmi_tokens", "feature_windows", "train_tokens",
                      "train_batch_size"):
             if getattr(self, name) < 1:
@@ -94,8 +100,11 @@ class LosaConfig(PruneConfig):
         check_spec(self.train_data)
 
     def delta(self, stage_sparsity: float) -> float:
-        """Half-width of the RMI bounds: the flag, or the authors' rule by the stage's sparsity."""
-        return self.rmi_delta if self.rmi_delta > 0 else rmi_delta(stage_sparsity)
+        """Half-width of the RMI bounds: the flag, or the authors' rule by the stage's sparsity (one step of N,
+        1/M, for a mixed N:M pattern: a narrower band would round every layer to N)."""
+        if self.rmi_delta > 0:
+            return self.rmi_delta
+        return 1 / self.pattern.m if self.pattern.mixed else rmi_delta(stage_sparsity)
 
     def check_model(self, model) -> None:
         """Fine-tuning windows must fit the model's context (max_position_embeddings)."""
@@ -105,4 +114,7 @@ class LosaConfig(PruneConfig):
                              f"positions): use --train-seqlen {context} or less")
 
     def base_config(self, sparsity: float) -> PruneConfig:
-        return pruner_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern)
+        """The base pruner's config at a stage; for a mixed N:M pattern its layers' N_l are LoSA's RMI ones,
+        handed to prunekit.layerwise with the rates (the pruner's own allocation never runs)."""
+        mixed = {"layer_sparsity": "rmi"} if self.pattern.mixed else {}
+        return pruner_class(self.base_pruner)(sparsity=sparsity, pattern=self.pattern, **mixed)

@@ -57,6 +57,10 @@ class RotPrunerConfig(PruneConfig):
     srste_decay: float = field(default=2e-4, metadata={"help": "SR-STE decay λ of the pruned weights", "min": 0.0})
     train_dtype: str = field(default="float32", metadata={"help": "compute dtype while learning Q: float32, tf32 (CUDA matmuls in TF32) or bfloat16 (autocast)"})
     train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
+    checkpoint_layers: bool = field(default=True, metadata={
+        "flag": "--no-checkpoint-layers", "help": "keep every decoder layer's rotated weights and activations for the backward pass instead of "
+                "recomputing each layer there (recomputing: one layer's memory instead of all, one more forward "
+                "pass of time)"})
     blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates", "min": 1})
     percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal",
                                                      "above": 0.0})

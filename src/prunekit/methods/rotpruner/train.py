@@ -98,7 +98,7 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     rotation = Rotation(stream.width, stream.ones_fixed).to(device)
     optimizer = make_optimizer(config.optimizer, rotation.parameters(), config.lr, config.momentum)
     schedule = lr_schedule(optimizer, config.schedule, steps)
-    view = RotatedForward(model, stream, adapter.backbone)
+    view = RotatedForward(model, stream, adapter.backbone, checkpoint_layers=config.checkpoint_layers)
     group_of = {name: g for g in teacher.groups for name in g.names}
     reader_G = [g for g in teacher.groups if g.rotates and g.G is not None]
     for g in reader_G:
@@ -123,10 +123,13 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
             for g in reader_G:
                 g.pruner.load_rotated_gram(g.G, Qd)
 
+        masks = {}  # this step's masks: a checkpointed layer's recomputation in backward reuses them
+
         def transform(path: str, W: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                M = group_of[path].pruner.mask(W.detach().float())
-            return masked(W, M, config.ste, config.srste_decay)
+            if path not in masks:
+                with torch.no_grad():
+                    masks[path] = group_of[path].pruner.mask(W.detach().float())
+            return masked(W, masks[path], config.ste, config.srste_decay)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             z = view(ids, Q, transform)

@@ -1,0 +1,110 @@
+"""SparseLinear24FP8: a 2:4 weight in FP8 (E4M3) with one scale per output channel; activations FP8 per token.
+
+It holds `values` [out, in/2] float8_e4m3fn and `meta` [out, in/8] (packing.py's 2:4 layout), `weight_scale` [out]
+fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Qᵀ · s_x · s + b. Paths:
+- `cslt_fp8` (a CUDA GPU with FP8 tensor cores whose torch build lets cuSPARSELt take float8_e4m3fn): each token
+  quantized to FP8, then torch._cslt_sparse_mm(W, x̂ᵀ, alpha=s), cuSPARSELt scaling each output channel by its
+  alpha, and the per-token scales and the bias applied to its [out, rows] result. The weight is compressed for
+  cuSPARSELt on the first call; as in SparseLinear24, `values` then becomes a view into that buffer when the
+  buffer starts with exactly them. Rows are padded to a multiple of 16, decode included (no FP8 Triton kernel yet).
+- `reference` (CPU; a GPU, torch or cuSPARSELt that refuses FP8; activations "none"): fp8.fp8_linear on the
+  unpacked weight, the exact fp32 product that every kernel is checked against.
+Each choice is recorded in `paths` like SparseLinear24's (linear.kernel_paths lists both). GPU speed is not yet
+measured (BENCHMARKS.md has no FP8 figures).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..quantize.fp8 import dequantize_fp8, fp8_linear, quantize_per_token
+from ..quantize.linear import KeepsFP8, LinearFP8, check_activations, fp8_tensor_cores
+from .linear import SparseLinear24, cusparselt_available
+from .packing import is_24, pack_24, unpack_24
+
+
+class SparseLinear24FP8(KeepsFP8, SparseLinear24):
+    """y = x̂ Qᵀ · s_x · s + b with Q 2:4 in FP8, packed; see the module docstring for the paths."""
+
+    quantized = ("values", "weight_scale")
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, weight_scale: torch.Tensor,
+                 bias: torch.Tensor | None, in_features: int, activations: str = "fp8", contiguous_output: bool = True):
+        super().__init__(values, meta, bias, in_features, contiguous_output)
+        self.activations = check_activations(activations)
+        self.register_buffer("weight_scale", weight_scale)
+
+    @classmethod
+    def from_linear(cls, linear: LinearFP8) -> "SparseLinear24FP8":
+        """The packed form of a LinearFP8 whose weight is 2:4 (ValueError otherwise)."""
+        if not isinstance(linear, LinearFP8):
+            raise TypeError(f"SparseLinear24FP8 packs a LinearFP8, not a {type(linear).__name__}")
+        values, meta = pack_24(linear.weight)
+        return cls(values, meta, linear.weight_scale, linear.bias, linear.in_features, linear.activations)
+
+    def fp8_weight(self) -> torch.Tensor:
+        """Q [out, in] float8_e4m3fn, unpacked."""
+        return unpack_24(self.values, self.meta)
+
+    def dense_weight(self) -> torch.Tensor:
+        """Q·s in fp32, as LinearFP8.dense_weight."""
+        return dequantize_fp8(self.fp8_weight(), self.weight_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = None
+        if self.activations == "fp8" and fp8_tensor_cores(x.device) and cusparselt_available():
+            y = self._cslt_fp8(x2)
+        if y is None:
+            label = x.device.type
+            if label not in self.paths:  # every call passes here: the record is written once
+                why = "CPU: no FP8 sparse kernel" if label == "cpu" else "no FP8 cuSPARSELt for this GPU or torch"
+                if self.activations == "none":
+                    why = "weight-only FP8 (activations none): no FP8 kernel takes unquantized inputs"
+                self._note(label, "reference", f"{why}; exact fp32 product (prunekit.quantize.fp8.fp8_linear)")
+            y = fp8_linear(x2, self.fp8_weight(), self.weight_scale, self.bias, self.activations)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _cslt_fp8(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """The cuSPARSELt FP8 product, or None (recorded in `paths`) where this GPU or torch build refuses it."""
+        try:
+            self._prepare_fp8()
+            xq, sx = quantize_per_token(x2)
+            rows = x2.shape[0]
+            y = torch._cslt_sparse_mm(self._compressed, self._pad(xq).t(), alpha=self.weight_scale,
+                                      out_dtype=torch.bfloat16)  # [out, padded rows], each row scaled by s
+        except RuntimeError as err:
+            self._note("cuda", "reference", f"cuSPARSELt refused FP8: {str(err).strip().splitlines()[0][:160]}")
+            return None
+        y = y[:, :rows].t() * sx
+        if self.bias is not None:
+            y = y + self.bias
+        self._note("cuda", "cslt_fp8", "cuSPARSELt 2:4 on FP8 tensor cores, alpha = the per-channel scales")
+        return y.to(x2.dtype).contiguous()
+
+    def _prepare_fp8(self) -> None:
+        if self._compressed is not None and self._compressed.device == self.values.device:
+            return
+        compressed = torch._cslt_compress(self.fp8_weight())
+        head = compressed.flatten()[: self.values.numel()].view_as(self.values)
+        if torch.equal(head.view(torch.uint8), self.values.view(torch.uint8)):
+            self.values = head  # one copy of the values, shared with cuSPARSELt
+        self._compressed = compressed
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, 2:4 fp8 weights, "
+                f"activations={self.activations}, bias={self.bias is not None}")
+
+
+def sparsify_fp8(model: nn.Module) -> int:
+    """Replace every LinearFP8 whose weight is 2:4 by a SparseLinear24FP8, in place; returns how many."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LinearFP8) and is_24(child.weight):
+                sparse = SparseLinear24FP8.from_linear(child)
+                sparse.name = f"{name}.{child_name}" if name else child_name
+                setattr(module, child_name, sparse)
+                replaced += 1
+    return replaced
