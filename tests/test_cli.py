@@ -8,6 +8,7 @@ import torch
 from conftest import random_windows, run_cli as run, tiny_llama, write_arc
 from prunekit import SparseGPTConfig, WandaConfig, get_adapter, prune
 from prunekit.cli import main
+from prunekit.errors import UsageError
 from prunekit.patterns import max_nonzeros_per_group
 
 
@@ -262,16 +263,23 @@ def test_quantize_fp8_saves_a_compact_2_4_fp8_model(tiny_model_dir, text_file, t
     assert not refused.exists()
     out = tmp_path / "fp8"
     code, _, _ = run(small_prune_args(tiny_model_dir, text_file, out, "--method", "sparsegpt", "--pattern", "2:4",
-                                      "--quantize", "fp8", "--save-format", "compact"), capsys)
+                                      "--quantize", "fp8", "--save-format", "compact",
+                                      "--ignore", "model.layers.0.mlp.down_proj"), capsys)
     assert code == 0
     with safe_open(str(out / COMPACT_FILE), "pt") as f:
         layout = json.loads(f.metadata()["layout"])
-    schemes = {entry["scheme"] for name, entry in layout.items() if ".layers." in name and name.endswith("proj.weight")}
-    assert schemes == {"2:4+fp8"}
+    schemes = {name: entry["scheme"] for name, entry in layout.items()
+               if ".layers." in name and name.endswith("proj.weight")}
+    ignored = "model.layers.0.mlp.down_proj.weight"
+    assert schemes.pop(ignored) == "dense" and set(schemes.values()) == {"2:4+fp8"}  # what --ignore leaves is left
     report = json.loads((out / "report.json").read_text())
     assert 0 < report["ppl"]["pruned"]["text"] < float("inf")  # evaluated with the FP8 layers (W8A8)
+    assert report["parameters"]["after"] == report["parameters"]["before"]  # FP8 buffers are still weights
     model, _ = load_model(str(out))
     assert max_nonzeros_per_group(model.model.layers[0].mlp.up_proj.dense_weight(), 4) <= 2
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    with pytest.raises(UsageError, match="compact model's packed layer"):  # not pruned again: FP8 codes are no weights
+        prune(model, SparseGPTConfig(pattern="2:4"), random_windows(2, 16), progress=False)
 
 
 def test_bench_on_cpu_is_dense_only(tiny_model_dir, tmp_path, capsys):

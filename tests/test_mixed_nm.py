@@ -121,6 +121,24 @@ def test_cli_mixed_pattern_end_to_end(tiny_model_dir, text_file, tmp_path, capsy
     assert sorted(N) == [1, 3] and abs(report["achieved_sparsity"] - 0.5) < 1e-12
 
 
+def test_mixed_run_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, capsys):
+    """The rates of the config's own allocation are recomputed, not fingerprinted: the same command with the same
+    --checkpoint-dir is accepted again and gives the same weights."""
+    args = ["--method", "wanda", "--pattern", "mixed-2:4", "--layer-sparsity", "owl", "--owl-m", 2,
+            "--checkpoint-dir", tmp_path / "ckpt"]
+    outputs = []
+    for name in ("first", "again"):
+        code, _, err = run_cli(prune_args(tiny_model_dir, text_file, tmp_path / name, *args), capsys)
+        assert code == 0, err
+        outputs.append(load_compact_or_hf(tmp_path / name))
+    assert all(torch.equal(outputs[0][k], outputs[1][k]) for k in outputs[0])
+
+
+def load_compact_or_hf(directory):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(directory).state_dict()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--pattern", "mixed-2:4"], "--pattern mixed-2:4 takes each layer's N from layer scores: add --layer-sparsity "
                                  "owl or rmi"),
@@ -128,6 +146,8 @@ def test_cli_mixed_pattern_end_to_end(tiny_model_dir, text_file, tmp_path, capsy
     (["--pattern", "mixed-2:4", "--method", "losa", "--no-rmi"], "takes each layer's N from RMI: drop --no-rmi"),
     (["--pattern", "mixed-2:4", "--sparsity", 0.6, "--layer-sparsity", "owl"], "prunes 0.5 of the weights"),
     (["--pattern", "mixed-3:3"], "N < M"),
+    (["--pattern", "mixed-3:4", "--layer-sparsity", "owl"], "every layer 3:4"),
+    (["--pattern", "mixed-2:4", "--layer-sparsity", "owl", "--ignore", ".*down_proj"], "--ignore"),
     (["--pattern", "2:4", "--layer-sparsity", "owl"], "use --pattern unstructured or mixed-2:4"),
 ])
 def test_refusals_are_one_line(tiny_model_dir, text_file, tmp_path, capsys, extra, message):

@@ -33,8 +33,8 @@ def prune(model, config: PruneConfig, calib: torch.Tensor, *, device="cpu", batc
     check_compatible(model, config)
     if offload is None:
         offload = "disk" if layer_store(model) is not None else "cpu"
-    if offload == "cpu":  # the layers wait in host memory, wherever the model was (e.g. after a dense evaluation)
-        model.to("cpu")
+    if offload == "cpu" and layer_store(model) is None:  # the layers wait in host memory, wherever the model was
+        model.to("cpu")                                     # (e.g. on the GPU after a dense evaluation)
     return pruned_model(model, config, calib, lambda: methods.run(
         model, config, calib, device=device, batch_size=batch_size, progress=progress,
         checkpoint_dir=checkpoint_dir, tokenizer=tokenizer, offload=offload), tokenizer)
@@ -45,6 +45,14 @@ def check_compatible(model, config: PruneConfig) -> None:
     operator, an N:M pattern whose M does not divide a pruned operator's width, a method that serves fewer
     architectures."""
     adapter = get_adapter(model)
+    packed = [(f"{adapter.layer_prefix(i)}.{name}", type(op).__name__) for i, layer in enumerate(adapter.layers())
+              for name, op in adapter.linears(layer) if not isinstance(op, torch.nn.Linear)]
+    if packed:  # a pruner would read FP8 codes without their scales, or packed values as a weight
+        raise UsageError(f"{packed[0][0]} is a {packed[0][1]} (a compact model's packed layer): prune a model with "
+                         "plain linear layers, e.g. the dense original")
+    if getattr(config, "quantize", "none") != "none" and layer_store(model) is not None:
+        raise UsageError(f"--quantize {config.quantize} holds the weights as FP8 in memory, which a model streamed "
+                         "from disk cannot: load it whole (--offload cpu)")
     dense = set(adapter.dense_operators(config))
     widths = {f"{adapter.layer_prefix(i)}.{name}": op.in_features
               for i, layer in enumerate(adapter.layers()) for name, op in adapter.linears(layer)}

@@ -147,10 +147,11 @@ def pruned_model(model, config: PruneConfig, calib: torch.Tensor, run, tokenizer
     before = parameter_count(model)
     t0 = time.perf_counter()
     result = run()
+    after = parameter_count(model)  # FP8 layers hold their weights as buffers: counted before
     if getattr(config, "quantize", "none") == "fp8":  # the pass left the weights on the FP8 grid: hold them as FP8
         from .quantize import FP8Config, quantize
-        quantize(model, FP8Config(compensate=False))
+        quantize(model, FP8Config(compensate=False, targets=config.targets, ignore=config.ignore))
     return PrunedModel(model, config, result, tokenizer,
                        calibration={"nsamples": int(calib.shape[0]), "seqlen": int(calib.shape[1])},
-                       parameters={"before": before, "after": parameter_count(model)},
+                       parameters={"before": before, "after": after},
                        seconds=time.perf_counter() - t0)

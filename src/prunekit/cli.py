@@ -424,8 +424,8 @@ def _recipe(args, config) -> str:
             values.pop(name, None)
             if config.method in methods:
                 values[name] = getattr(config, name)
-        values.update(method=config.method, pattern=config.pattern,
-                      sparsity=None if config.removes else config.sparsity)
+        values.update(method=config.method, pattern=config.pattern,  # an N:M pattern implies its sparsity
+                      sparsity=None if config.removes or config.pattern.is_nm else config.sparsity)
     else:
         values.update({name: getattr(config, name) for name in FINETUNE_FIELDS})
     return recipe.dump(sub, values)
@@ -448,11 +448,12 @@ def _prune_share(args, config, device, dtype) -> int:
     """A torchrun rank other than 0 under --parallel-layers: prune its share of the layers and hand
     them over (prunekit.parallel); rank 0 evaluates and saves."""
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, dtype, device)
+    offload = "none" if args.offload == "none" else "cpu"  # disk is refused with --parallel-layers
+    model, tokenizer = load_model(args.model, dtype, device if offload == "none" else "cpu")
     _fit_windows(args, model)
     bos = api.bos_id(model, tokenizer, args.eval_bos)
     calib, _ = api.calibration(tokenizer, args.calib_data, args.nsamples, args.seqlen, args.seed, bos)
-    api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=False)
+    api.prune(model, config, calib, device=device, batch_size=args.batch_size, progress=False, offload=offload)
     return 0
 
 

@@ -135,16 +135,17 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
 @torch.no_grad()
 def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor, *, device="cpu",
                               batch_size: int = 8, progress: bool = True, checkpoint_dir=None,
-                              offload="cpu", layer_sparsity=None, on_layer_done=None) -> PruneResult:
+                              offload="cpu", layer_sparsity=None, on_layer_done=None,
+                              checkpoint_extra: str = "") -> PruneResult:
     """prune_layerwise for configs with `error_correction` (FISTAPruner). With `config.parallel_layers`
     under torchrun, each rank prunes its share of the layers and all ranks end with the whole model.
     `on_layer_done(index, hidden)` sees the pruned model's outputs of each layer (the pruned stream, which is
-    then kept in every mode: one more layer forward per layer unless `intra+inter` keeps it anyway)."""
+    then kept in every mode: one more layer forward per layer unless `intra+inter` keeps it anyway).
+    `checkpoint_extra`: what the checkpoint's fingerprint adds to the config (prune_layerwise: rates handed in)."""
     result = PruneResult()
     inter = config.error_correction == "intra+inter"
     pruned_stream = inter or on_layer_done is not None
-    extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
-    checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
+    checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, checkpoint_extra) if checkpoint_dir else None
     streams = {"pruned_in": None}
     walk = LayerWalk(model, calib_ids, device=device, offload=offload, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern} {config.error_correction}", checkpoint=checkpoint,

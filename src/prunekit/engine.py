@@ -93,7 +93,7 @@ class _Catcher(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.index == 0:
-            self.sink["hidden"].append(hidden_states)
+            self.sink["store"](hidden_states)
         if self.index not in self.sink["kwargs"]:
             kwargs.pop("past_key_values", None)
             kwargs["use_cache"] = False
@@ -104,13 +104,28 @@ class _Catcher(nn.Module):
 @torch.no_grad()
 def capture_inputs(adapter: Adapter, input_ids: torch.Tensor, device, offload=OFFLOAD, batch_size: int = 8,
                    progress: bool = True) -> LayerInputs:
-    """Run the model with every decoder layer replaced by a catcher; nothing but the embeddings computes."""
+    """Run the model with every decoder layer replaced by a catcher; nothing but the embeddings computes.
+
+    Only the backbone goes to the device (not the LM head: 1 GB at 8B widths), and each batch of captured inputs
+    goes straight into one buffer on the offload device, pinned host memory when the layers run on a GPU (so
+    that every later pass over the activations copies at full PCIe bandwidth), never piling up on the GPU."""
     layers = adapter.layers()
     originals = list(layers)
-    sink: dict = {"hidden": [], "kwargs": {}}
+    buffer: dict = {"rows": 0}
+
+    def store(hidden: torch.Tensor) -> None:
+        if "hidden" not in buffer:
+            pinned = torch.device(device).type == "cuda" and torch.device(offload).type == "cpu"
+            buffer["hidden"] = torch.empty((input_ids.shape[0], *hidden.shape[1:]), dtype=hidden.dtype,
+                                           device=offload, pin_memory=pinned)
+        rows = buffer["rows"]
+        buffer["hidden"][rows:rows + hidden.shape[0]].copy_(hidden)
+        buffer["rows"] = rows + hidden.shape[0]
+
+    sink: dict = {"store": store, "kwargs": {}}
     for i in range(len(layers)):
         layers[i] = _Catcher(i, sink)
-    adapter.model.to(device)  # the layers are swapped out, so only embeddings/norms/head move
+    adapter.backbone.to(device)  # the layers are swapped out, so only embeddings, norms, rotary tables move
     try:
         # the first window alone, so that the captured kwargs have batch dimension 1 and broadcast
         batches = [input_ids[:1]] + list(input_ids[1:].split(batch_size))
@@ -118,23 +133,10 @@ def capture_inputs(adapter: Adapter, input_ids: torch.Tensor, device, offload=OF
             if batch.numel():
                 adapter.backbone(input_ids=batch.to(device), use_cache=False)
     finally:
-        adapter.model.to(offload)
+        adapter.backbone.to(offload)
         for i, layer in enumerate(originals):
             layers[i] = layer
-    return LayerInputs(_gather(sink["hidden"], device, offload), [sink["kwargs"][i] for i in range(len(originals))])
-
-
-def _gather(parts: list[torch.Tensor], device, offload) -> torch.Tensor:
-    """The captured batches as one tensor on the offload device; in pinned (page-locked) host memory when the
-    layers run on a GPU, so that every pass over the activations copies at full PCIe bandwidth."""
-    pinned = torch.device(device).type == "cuda" and torch.device(offload).type == "cpu"
-    hidden = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype,
-                         device=offload, pin_memory=pinned)
-    start = 0
-    for part in parts:
-        hidden[start:start + part.shape[0]].copy_(part)
-        start += part.shape[0]
-    return hidden
+    return LayerInputs(buffer["hidden"], [sink["kwargs"][i] for i in range(len(originals))])
 
 
 def forward_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, device, batch_size: int,
@@ -150,8 +152,8 @@ def forward_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, device, 
             y = layer(hidden[start:start + batch_size].to(device), **kwargs)
         except _StopForward:
             continue
-        if out is not None:
-            out[start:start + batch_size] = (y[0] if isinstance(y, tuple) else y).to(out.device)
+        if out is not None:  # straight into `out`: from the GPU into pinned host memory this is one DMA copy
+            out[start:start + batch_size].copy_(y[0] if isinstance(y, tuple) else y)
     return out
 
 

@@ -54,6 +54,9 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     (hidden [windows, seqlen, dim], the next layer's inputs; read it, don't keep a reference).
     """
     allocation = {}
+    # a checkpoint knows rates handed in by the caller (LoSA's stages); rates of the config's own allocation follow
+    # from what it fingerprints already (config, windows, model), so a rerun can check them before computing them
+    extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
     if layer_sparsity is None and getattr(config, "layer_sparsity", "uniform") != "uniform":
         layer_sparsity, allocation = layer_rates(config, model, calib_ids, device=device, offload=offload,
                                                  batch_size=batch_size, progress=progress)
@@ -63,11 +66,11 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     if config.paired_inputs:
         result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
                                            progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,
-                                           layer_sparsity=layer_sparsity, on_layer_done=on_layer_done)
+                                           layer_sparsity=layer_sparsity, on_layer_done=on_layer_done,
+                                           checkpoint_extra=extra)
         result.details.update({"layer_sparsity": allocation} if allocation else {})
         return result
     result = PruneResult(details={"layer_sparsity": allocation} if allocation else {})
-    extra = "" if layer_sparsity is None else repr(list(layer_sparsity))
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, extra) if checkpoint_dir else None
     walk = LayerWalk(model, calib_ids, device=device, offload=offload, batch_size=batch_size, progress=progress,
                      desc=f"{config.method} {config.pattern}", checkpoint=checkpoint,

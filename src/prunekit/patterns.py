@@ -48,11 +48,19 @@ class Pattern:
             raise UsageError(f"pattern {text}: N must satisfy 0 < N <= M (N non-zeros kept out of every M)")
         if mixed and n == m:
             raise UsageError(f"pattern {text}: a mixed pattern needs N < M (every layer keeps 1 to M-1 of each M)")
+        if mixed and not 1 < n < m - 1:  # N_l in [1, M-1] averaging 1 or M-1 leaves no choice
+            raise UsageError(f"pattern {text}: averaging {n}:{m} with 1 to {m - 1} kept of every {m} gives every layer "
+                             f"{n}:{m}: use --pattern {n}:{m}, or a mixed N:M with 1 < N < M-1 such as mixed-2:4")
         return cls(n, m, mixed)
 
     def sparsity(self, target: float) -> float:
         """The sparsity this pattern achieves: 1 - N/M for N:M (on average for mixed N:M), else the target."""
         return 1.0 - self.n / self.m if self.is_nm else float(target)
+
+    @property
+    def step(self) -> float:
+        """One step of N, 1/M: a mixed pattern's allocation band (any narrower one rounds every layer to N)."""
+        return 1.0 / self.m
 
     def of_layer(self, sparsity: float) -> "Pattern":
         """The plain N_l:M of one layer of this mixed pattern, from its sparsity 1 - N_l/M."""

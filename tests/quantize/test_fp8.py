@@ -125,16 +125,22 @@ def linears(model):
     return [op for layer in adapter.layers() for _, op in adapter.linears(layer)]
 
 
-def test_quantize_after_sparsegpt_one_pass_only_changes_how_weights_are_held():
+def test_prune_with_quantize_holds_the_one_pass_weights_as_fp8_bit_for_bit():
+    """prunekit.prune with quantize="fp8" ends holding the column pass's weights as FP8: rounding weights that are
+    on the FP8 grid gives them back bit for bit, so the layers compute what the pass left (weights-only here)."""
+    import copy
+
+    from prunekit.layerwise import prune_layerwise
+
     model, calib = tiny_llama(), random_windows()
+    reference = copy.deepcopy(model)
+    prune_layerwise(reference, SparseGPTConfig(pattern="2:4", quantize="fp8"), calib, progress=False)  # the pass alone
     prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8"), calib, progress=False)
-    weights = [op.weight.detach().clone() for op in linears(model)]
-    x = random_windows(2, 16)
-    before = model(x).logits
-    assert quantize(model, FP8Config(compensate=False, activations="none")) is None
     assert all(isinstance(op, LinearFP8) for op in linears(model))
-    assert all(torch.equal(op.dense_weight(), w) for op, w in zip(linears(model), weights))
-    assert torch.allclose(model(x).logits, before, atol=1e-5)
+    assert all(torch.equal(op.dense_weight(), ref.weight) for op, ref in zip(linears(model), linears(reference)))
+    assert quantize(model, FP8Config(compensate=False, activations="none")) is None  # only the activations change
+    x = random_windows(2, 16)
+    assert torch.allclose(model(x).logits, reference(x).logits, atol=1e-5)
     assert not isinstance(model.lm_head, LinearFP8)
 
 

@@ -22,7 +22,9 @@ METHODS = {
     "fista": ["--method", "fista"],
     "fista-disk": ["--method", "fista", "--offload", "disk"],  # layers streamed from the model's file
     "losa": ["--method", "losa", "--stages", 3, *LOSA_SMALL],
-    "rotpruner": ["--method", "rotpruner", "--steps", 4, "--train-samples", 2],
+    # (layers kept for backward: recomputing them would double the training's MLP calls, and the kill is meant to
+    # land in the base pruner's checkpointed pass, after the saved rotation)
+    "rotpruner": ["--method", "rotpruner", "--steps", 4, "--train-samples", 2, "--no-checkpoint-layers"],
     "slicegpt": ["--method", "slicegpt", "--slicing", 0.25],
     "rotpruner-structured": ["--method", "rotpruner", "--pattern", "structured", "--slicing", 0.25, "--steps", 3],
 }

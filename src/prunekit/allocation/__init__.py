@@ -47,7 +47,7 @@ def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cp
         report = {"allocation": "owl", "M": config.owl_m, "lambda": config.owl_lambda, "outlier_ratios": ratios,
                   "rates": rates}
     else:
-        delta = 1 / pattern.m if pattern.mixed else rmi_delta(target)
+        delta = pattern.step if pattern.mixed else rmi_delta(target)
         positions = feature_positions(calib, RMI_WINDOWS, RMI_TOKENS, RMI_SEED)
         features = layer_features(model, calib, positions, device, batch_size, offload)
         importance = layer_importance(similarity_matrix(features))

@@ -126,12 +126,15 @@ class LayerwiseConfig(PruneConfig):
         if self.layer_sparsity != "uniform" and self.pattern.is_nm and not self.pattern.mixed:
             raise ValueError(f"--layer-sparsity {self.layer_sparsity} gives each layer its own fraction of zeros: "
                              f"use --pattern unstructured or mixed-{self.pattern}, not {self.pattern}")
+        if self.layer_sparsity != "uniform" and (self.targets or self.ignore):
+            raise ValueError(f"--layer-sparsity {self.layer_sparsity} spreads the target over every operator of each "
+                             "layer: it cannot be combined with --targets/--ignore yet (use --layer-sparsity uniform)")
         if self.pattern.mixed:
             if self.layer_sparsity == "uniform":
                 raise ValueError(f"--pattern {self.pattern} takes each layer's N from layer scores: add "
                                  f"--layer-sparsity owl or rmi")
             if self.owl_lambda == OWL_LAMBDA:  # N moves in steps of 1/M: the default λ is one step
-                self.owl_lambda = 1 / self.pattern.m
+                self.owl_lambda = self.pattern.step
 
     def at_layer(self, sparsity: float) -> "LayerwiseConfig":
         """A mixed N:M pattern's layer at `sparsity` = 1 − N_l/M is pruned with the plain N_l:M."""

@@ -35,7 +35,8 @@ class SparseGPTConfig(LayerwiseConfig):
                                                  "help": "mask only, without weight reconstruction"})
     quantize: str = field(default="none", metadata={
         "help": "fp8: also round the kept weights to FP8 (E4M3, a scale per output channel) in the same column "
-                "pass, their rounding error compensated like the pruning error"})
+                "pass, their rounding error compensated like the pruning error; the model then runs W8A8 (inputs "
+                "FP8 per token) and is saved in the compact format"})
 
     def __post_init__(self):
         super().__post_init__()

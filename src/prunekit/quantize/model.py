@@ -1,13 +1,13 @@
 """quantize: a (pruned) model's linear layers to FP8, in place — the verb, and its config.
 
-    prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8"), calib)  # pruned, weights on the FP8 grid
-    prunekit.quantize(model, FP8Config(compensate=False))                          # ... held as FP8 from here on
+    prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8"), calib)  # pruned and held as FP8 (one pass)
     prunekit.quantize(model, FP8Config(), calib)   # a model any other pruner pruned: GPTQ, its zeros kept
 
-Every linear operator of every decoder layer (the adapter's: those the pruners prune) becomes a LinearFP8; the
-embeddings and the LM head stay as they are. Rounding to nearest on weights that are already on the FP8 grid
-(SparseGPT's `quantize="fp8"`) gives them back bit for bit (prunekit.quantize.fp8), so the second line only
-changes how they are held. A model with FP8 layers is saved in the compact format (prunekit.export.save_compact).
+Every linear operator of every decoder layer (the adapter's: those the pruners prune, less what `targets`/`ignore`
+leave out) becomes a LinearFP8; the embeddings and the LM head stay as they are. SparseGPT's `quantize="fp8"` pass
+leaves its weights on the FP8 grid, and rounding them to nearest (`FP8Config(compensate=False)`, what
+prunekit.prune does after that pass) gives them back bit for bit (prunekit.quantize.fp8): only how they are held
+changes. A model with FP8 layers is saved in the compact format (prunekit.export.save_compact).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..models.adapters import get_adapter
+from ..models.adapters import get_adapter, operator_regexes, prunes
 from ..pruners.base import check_numbers
 from .linear import LinearFP8, check_activations, to_fp8_linear
 
@@ -35,10 +35,15 @@ class FP8Config:
     blocksize: int = field(default=128, metadata={"help": "GPTQ: columns per block of lazy updates", "min": 1})
     percdamp: float = field(default=0.01, metadata={"help": "GPTQ: Hessian damping, fraction of its mean diagonal",
                                                      "above": 0.0})
+    #: which operators are quantized: the pruners' --targets/--ignore rule (prunekit.models.adapters.prunes)
+    targets: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
 
     def __post_init__(self):
         check_activations(self.activations)
         check_numbers(self)
+        self.targets = operator_regexes(self.targets, "targets")
+        self.ignore = operator_regexes(self.ignore, "ignore")
 
 
 @torch.no_grad()
@@ -63,11 +68,14 @@ def quantize(model: nn.Module, config: FP8Config | None = None, calib: torch.Ten
         if any(isinstance(op, LinearFP8) for layer in adapter.layers() for _, op in adapter.linears(layer)):
             raise UsageError("this model's linear layers are FP8 already: GPTQ needs the unquantized weights "
                              "(quantize with compensate=False to change only the activations)")
-        gptq = GPTQConfig(blocksize=config.blocksize, percdamp=config.percdamp)
+        gptq = GPTQConfig(blocksize=config.blocksize, percdamp=config.percdamp, targets=config.targets,
+                          ignore=config.ignore)
         result = prune_layerwise(model, gptq, calib, device=device, batch_size=batch_size, progress=progress,
                                  offload=offload)
     for index, layer in enumerate(adapter.layers()):
         for name, op in adapter.linears(layer):
+            if not prunes(config, f"{adapter.layer_prefix(index)}.{name}"):
+                continue  # left in the model's dtype, like the pruners leave it dense
             parent, _, child = name.rpartition(".")
             fp8 = to_fp8_linear(op, config.activations)
             fp8.name = f"{adapter.layer_prefix(index)}.{name}"

@@ -104,7 +104,7 @@ class LosaConfig(PruneConfig):
         1/M, for a mixed N:M pattern: a narrower band would round every layer to N)."""
         if self.rmi_delta > 0:
             return self.rmi_delta
-        return 1 / self.pattern.m if self.pattern.mixed else rmi_delta(stage_sparsity)
+        return self.pattern.step if self.pattern.mixed else rmi_delta(stage_sparsity)
 
     def check_model(self, model) -> None:
         """Fine-tuning windows must fit the model's context (max_position_embeddings)."""
