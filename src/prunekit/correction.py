@@ -9,7 +9,8 @@ their inputs there are X and X*. So X* already carries the pruning of the groups
 - `intra` (the paper's default): both copies read the dense model's layer input, so a layer's
   pruning depends on dense activations only and layers are independent (see prunekit.parallel).
 - `intra+inter`: the pruned copy reads the pruned previous layers' output; the target stays dense.
-- `none`: X* = X, the dense layer's own inputs, for every operator.
+- `none`: X* = X, the dense layer's own inputs, for every operator. Any other layer-wise pruner with
+  `--parallel-layers` runs this way: its statistics from the dense model's inputs, layers independent.
 
 Layer inputs: the dense stream is always propagated by the dense copy; the pruned stream (for `intra+inter`,
 or to hand each pruned layer's outputs to `on_layer_done`) by the pruned layer.
@@ -27,6 +28,17 @@ from . import parallel
 from .checkpoints import RunCheckpoint
 from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward, forward_layer
 from .errors import UsageError
+
+
+def error_correction(config) -> str:
+    """The config's mode; a pruner that does not fit W* X* (wanda, sparsegpt, ...) runs here only with
+    --parallel-layers, on the dense inputs alone: `none`."""
+    return getattr(config, "error_correction", "none")
+
+
+def tokens(x: torch.Tensor) -> torch.Tensor:
+    """[batch, seqlen, in] → [tokens, in]: what Pruner.add_batch takes."""
+    return x.reshape(-1, x.shape[-1])
 
 
 def input_of(layer: nn.Module, op: nn.Module, hidden: torch.Tensor, kwargs: dict, device) -> torch.Tensor:
@@ -51,8 +63,9 @@ class _Collect:
     """Forward pre-hooks on the first operator of each listed group: hand each batch's input to
     the group's pruner (or keep it in `last` when `pruners` is None); they do not stop the forward."""
 
-    def __init__(self, ops: list[nn.Module], pruners: list | None):
-        self.last = None
+    def __init__(self, ops: list[nn.Module], pruners: list | None, keep_first: bool = False):
+        self.last, self.keep_first = None, keep_first
+        self.first: dict[int, torch.Tensor] = {}  # group → its first batch's inputs (for the reconstruction error)
         self.handles = [op.register_forward_pre_hook(self._hook(i, pruners)) for i, op in enumerate(ops)]
 
     def _hook(self, i, pruners):
@@ -60,7 +73,9 @@ class _Collect:
             if pruners is None:
                 self.last = args[0]
             else:
-                pruners[i].add_batch(args[0])
+                pruners[i].add_batch(tokens(args[0]))
+                if self.keep_first and i not in self.first:
+                    self.first[i] = tokens(args[0]).clone()
 
         return hook
 
@@ -83,7 +98,8 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
     pruners = [config.make_pruner(group[0][1].in_features, device) for group in groups]
     results, prune_s = [], 0.0
 
-    def prune_group(g):
+    def prune_group(g, inputs=None):
+        """`inputs`: a batch of the group's dense inputs, for pruners that report no error of their own."""
         nonlocal prune_s
         for name, op in groups[g]:
             t0 = time.perf_counter()
@@ -92,20 +108,24 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
             seconds = time.perf_counter() - t0
             prune_s += seconds
             extra = dict(pruners[g].extra or {})
+            error = extra.get("rel_error")
+            if error is None and inputs is not None:
+                from .layerwise import reconstruction_error  # (layerwise imports this module)
+                error = reconstruction_error(W, op.weight.data.float(), inputs)
             results.append(OperatorResult(
                 name=f"{prefix}.{name}", shape=tuple(W.shape), sparsity=(op.weight.data == 0).float().mean().item(),
-                recon_error=extra.get("rel_error", float("nan")), seconds=seconds, extra=extra))
+                recon_error=float("nan") if error is None else error, seconds=seconds, extra=extra))
         pruners[g] = None  # free the statistics
 
-    if config.error_correction == "none" or not groups:  # not groups: the whole layer left dense (--ignore)
+    if error_correction(config) == "none" or not groups:  # not groups: the whole layer left dense (--ignore)
         # X* = X for every operator: one dense pass feeds every group and yields the layer's outputs
-        hooks = _Collect([group[0][1] for group in dense_groups], pruners)
+        hooks = _Collect([group[0][1] for group in dense_groups], pruners, keep_first=not config.paired_inputs)
         try:
             forward_layer(dense_layer, dense_in, kwargs, device, batch_size, out=dense_in)
         finally:
             hooks.remove()
         for g in range(len(groups)):
-            prune_group(g)
+            prune_group(g, hooks.first.get(g))
         return results, prune_s
 
     stream = dense_in if pruned_in is None else pruned_in
@@ -127,7 +147,7 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
                 finally:
                     hook.remove()
                 x = hook.last
-            pruners[g].add_batch(x) if same else pruners[g].add_batch(x_star, x)
+            pruners[g].add_batch(tokens(x)) if same else pruners[g].add_batch(tokens(x_star), tokens(x))
         prune_group(g)
     return results, prune_s
 
@@ -143,12 +163,12 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
     then kept in every mode: one more layer forward per layer unless `intra+inter` keeps it anyway).
     `checkpoint_extra`: what the checkpoint's fingerprint adds to the config (prune_layerwise: rates handed in)."""
     result = PruneResult()
-    inter = config.error_correction == "intra+inter"
+    inter = error_correction(config) == "intra+inter"
     pruned_stream = inter or on_layer_done is not None
     checkpoint = RunCheckpoint(checkpoint_dir, config, calib_ids, model, checkpoint_extra) if checkpoint_dir else None
     streams = {"pruned_in": None}
     walk = LayerWalk(model, calib_ids, device=device, offload=offload, batch_size=batch_size, progress=progress,
-                     desc=f"{config.method} {config.pattern} {config.error_correction}", checkpoint=checkpoint,
+                     desc=f"{config.method} {config.pattern} {error_correction(config)}", checkpoint=checkpoint,
                      state=lambda: {"pruned_in": streams["pruned_in"], **result.progress()})
     dist = parallel.Layers.start(config, device, len(walk.layers))
     if dist.world > 1 and checkpoint_dir:

@@ -63,7 +63,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     if config.pattern.mixed and layer_sparsity is None:
         raise UsageError(f"--pattern {config.pattern} needs each layer's N: pass layer_sparsity or use "
                          f"--layer-sparsity owl or rmi")
-    if config.paired_inputs:
+    if config.paired_inputs or getattr(config, "parallel_layers", False):  # dense inputs: prunekit.correction
         result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
                                            progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,
                                            layer_sparsity=layer_sparsity, on_layer_done=on_layer_done,

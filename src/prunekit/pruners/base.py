@@ -108,6 +108,11 @@ class LayerwiseConfig(PruneConfig):
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={
         "help": "OWL: every layer's sparsity stays within the target ± λ (for --pattern mixed-N:M the default is one "
                 "step of N, 1/M)", "min": 0.0})
+    parallel_layers: bool = field(default=False, metadata={
+        "flag": "--parallel-layers",
+        "help": "every decoder layer pruned from the dense model's inputs, so that layers are independent: under "
+                "torchrun each rank prunes a share of them (one process gives the same model); fista: error "
+                "correction intra or none"})
     # which operators are pruned: the rule is prunekit.models.adapters.prunes
     targets: tuple[str, ...] = field(default=(), metadata={"repeat": True, "help": (
         "prune only the operators whose model-relative name (model.layers.3.mlp.down_proj) fully matches one of "

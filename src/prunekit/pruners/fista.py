@@ -71,9 +71,6 @@ class FistaConfig(LayerwiseConfig):
         "help": "ridge of the refit, as a fraction of the mean diagonal of G (keeps it well-posed)"})
     monotone: bool = field(default=False, metadata={"flag": "--monotone",
                                                     "help": "monotone FISTA (MFISTA): never accept a worse iterate"})
-    parallel_layers: bool = field(default=False, metadata={
-        "flag": "--parallel-layers",
-        "help": "under torchrun, each rank prunes a share of the decoder layers (needs intra or none)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,0 +1,90 @@
+"""2:4 + FP8 against the same 2:4 model unquantized, under protocol Q (issue 25's quality goal: perplexity at most
+1.02 × the 2:4 model's).
+
+Per model: SparseGPT 2:4 (the reference), SparseGPT 2:4 with `quantize="fp8"` (one column pass: mask, FP8
+rounding of the kept weights, both errors compensated; evaluated W8A8 — inputs FP8 per token — and weights-only),
+and Wanda 2:4 followed by GPTQ to FP8 (prunekit.quantize: the mask kept, the rounding error compensated) as the
+path for any other pruner. Every cell is scored on WikiText-2 test (protocol Q's 40 × 1024 windows) and on C4
+validation (`--val-windows` × 1024 of shared/data/c4/c4.validation_2k.jsonl). The FP8 layers compute on the CPU
+through their exact reference product (FP8 values and scales, products in fp32), so the figures are the FP8
+numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells already there are skipped.
+
+    PYTHONPATH=src python bench/quality/fp8_quality.py --model smollm2-135m --out bench/results/fp8_quality_cpu.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+CELLS = ("sparsegpt-2:4", "sparsegpt-2:4+fp8", "sparsegpt-2:4+fp8-weights", "wanda-2:4", "wanda-2:4+gptq-fp8")
+
+
+def run_cell(name: str, model, calib, device: str):
+    """Prune (and quantize) `model` in place as the cell says."""
+    import prunekit
+    from prunekit import FP8Config, SparseGPTConfig, WandaConfig
+
+    if name.startswith("sparsegpt"):
+        prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8" if "fp8" in name else "none"), calib,
+                       device=device, progress=False)
+        if name.endswith("-weights"):  # the same FP8 weights, inputs left unquantized
+            prunekit.quantize(model, FP8Config(compensate=False, activations="none"))
+    else:
+        prunekit.prune(model, WandaConfig(pattern="2:4"), calib, device=device, progress=False)
+        if "gptq" in name:
+            prunekit.quantize(model, FP8Config(), calib, device=device, progress=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local directory, .gguf file or hub id")
+    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--val-windows", type=int, default=20, help="C4 validation windows of 1024 tokens")
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--out", required=True, help="JSONL file: one line per cell, appended")
+    args = p.parse_args()
+
+    from environment import environment
+    from protocol import protocol_q
+
+    import prunekit
+    from prunekit.data import evaluation_windows, load_text, tokenize
+    from prunekit.models.adapters import get_adapter
+
+    dense, tokenizer = prunekit.load_model(args.model, "float32")
+    bos = tokenizer.bos_token_id if get_adapter(dense).needs_bos else None
+    calib, test = protocol_q(tokenizer, Path(args.data), bos=bos)
+    c4 = load_text(str(Path(args.data) / "c4" / "c4.validation_2k.jsonl"), "evaluation").text
+    sets = {"c4-val": (evaluation_windows(tokenize(tokenizer, c4), 1024, args.val_windows, bos_id=bos), None), **test}
+    out = Path(args.out)
+    done = {(r["model"], r["cell"]) for r in map(json.loads, out.read_text().splitlines()) if r} if out.exists() else set()
+    env = environment(args.device, "float32")
+    for name in args.cells.split(","):
+        if (args.model, name) in done:
+            continue
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        run_cell(name, model, calib, args.device)
+        seconds = time.perf_counter() - t0
+        ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
+        row = {"model": args.model, "cell": name, "prune_s": seconds, "c4_val_ppl": ppl["c4-val"],
+               "wikitext2_test_ppl": ppl["wikitext2"], "environment": env}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{name}: c4-val {ppl['c4-val']:.2f}, wikitext2 {ppl['wikitext2']:.2f} ({seconds:.0f} s)", flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()
