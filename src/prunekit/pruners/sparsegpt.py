@@ -107,7 +107,11 @@ class SparseGPTPruner(Pruner):
         operators of a group."""
         if self._factor is None:
             L, dead = self._damped_cholesky()
-            self._cholesky = None  # only U is needed from here on: free L (in × in) as soon as it is used
+            if self._selection is None:  # what `mask` needs (two vectors), kept before H and L go
+                self._selection = ((1.0 / torch.diagonal(L)).flip(0), dead)
+            # only U is needed from here on: free H and L (in × in each: 3.3 GB at 70B widths' down_proj) early,
+            # so that at most three such matrices exist at once (L, the identity, L⁻¹)
+            self._cholesky = self.H = None
             eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
             Linv = torch.linalg.solve_triangular(L, eye, upper=False)
             del L, eye
@@ -151,7 +155,7 @@ class SparseGPTPruner(Pruner):
         The FP8 scales come from the dense weights before the pass, as in GPTQ; a weight that the updates push
         past 448·s saturates there."""
         cfg, pattern = self.config, self.config.pattern
-        if self.H is None:
+        if self.H is None and self._factor is None:
             raise ValueError("SparseGPT reconstructs from its own statistics: feed add_batch before prune "
                              "(load_gram gives the selection only)")
         Hinv, dead = self.inverse_hessian_factor()
