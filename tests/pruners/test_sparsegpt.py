@@ -112,3 +112,19 @@ def test_matches_textbook_algorithm(pattern, prunen, prunem):
         torch.set_default_dtype(torch.float32)
     assert torch.equal(ours == 0, theirs == 0)
     assert torch.allclose(ours.double(), theirs, atol=1e-5)
+
+
+def test_the_factor_outlives_the_hessian():
+    """prune frees H (and its Cholesky factor) once the inverse's factor is built: the next operator of the group
+    is pruned as by a fresh pruner, and the selection (`mask`) still answers."""
+    X = correlated_inputs(dim=64)
+    W1, W2 = torch.randn(16, 64), torch.randn(8, 64)
+    shared = SparseGPTConfig(0.5).make_pruner(64, "cpu")
+    shared.add_batch(X)
+    mask = shared.mask(W2)
+    first = shared.prune(W1).weight
+    assert shared.H is None and shared._cholesky is None
+    fresh = SparseGPTConfig(0.5).make_pruner(64, "cpu")
+    fresh.add_batch(X)
+    assert torch.equal(shared.prune(W2).weight, fresh.prune(W2).weight)
+    assert torch.equal(shared.mask(W2), mask) and first.count_nonzero() == 16 * 32
