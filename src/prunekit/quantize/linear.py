@@ -75,7 +75,7 @@ class LinearFP8(KeepsFP8):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         y = None
-        if self.activations == "fp8" and fp8_tensor_cores(x.device):
+        if self.activations == "fp8" and not getattr(self, "_refused", False) and fp8_tensor_cores(x.device):
             y = self._scaled_mm(x2)
         if y is None:
             self._note(x.device.type, "reference", "exact fp32 product (prunekit.quantize.fp8.fp8_linear)")
@@ -88,7 +88,8 @@ class LinearFP8(KeepsFP8):
         try:
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=sx, scale_b=self.weight_scale.unsqueeze(0),
                                  out_dtype=torch.bfloat16)
-        except (RuntimeError, TypeError) as err:  # older GPU or torch: no row-wise FP8 scaling
+        except (RuntimeError, TypeError, NotImplementedError) as err:  # older GPU or torch: no row-wise scaling
+            self._refused = True  # not retried on every call
             self._note("cuda", "reference", f"torch._scaled_mm refused: {str(err).splitlines()[0][:160]}")
             return None
         self._note("cuda", "scaled_mm", "FP8 tensor cores, row-wise scales")

@@ -34,6 +34,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         super().__init__(values, meta, bias, in_features, contiguous_output)
         self.activations = check_activations(activations)
         self.register_buffer("weight_scale", weight_scale)
+        self._fp8_refused = False  # set once cuSPARSELt refused FP8 here: not retried on every call
 
     @classmethod
     def from_linear(cls, linear: LinearFP8) -> "SparseLinear24FP8":
@@ -54,7 +55,8 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         y = None
-        if self.activations == "fp8" and fp8_tensor_cores(x.device) and cusparselt_available():
+        if (self.activations == "fp8" and not self._fp8_refused and fp8_tensor_cores(x.device)
+                and cusparselt_available()):
             y = self._cslt_fp8(x2)
         if y is None:
             label = x.device.type
@@ -74,7 +76,8 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
             rows = x2.shape[0]
             y = torch._cslt_sparse_mm(self._compressed, self._pad(xq).t(), alpha=self.weight_scale,
                                       out_dtype=torch.bfloat16)  # [out, padded rows], each row scaled by s
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, NotImplementedError) as err:  # what a build without FP8 support raises
+            self._fp8_refused = True
             self._note("cuda", "reference", f"cuSPARSELt refused FP8: {str(err).strip().splitlines()[0][:160]}")
             return None
         y = y[:, :rows].t() * sx
