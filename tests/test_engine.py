@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_gemma, tiny_llama, tiny_opt
-from prunekit import MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
+from prunekit import FistaConfig, MagnitudeConfig, SparseGPTConfig, WandaConfig, get_adapter
 from prunekit.checkpoints import checkpoint_file
 from prunekit.engine import capture_inputs
 from prunekit.layerwise import prune_layerwise
@@ -142,11 +142,16 @@ def test_per_layer_sparsity_is_unstructured_only_and_one_per_layer():
         prune_layerwise(tiny_llama(), WandaConfig(0.5), random_windows(), progress=False, layer_sparsity=[0.5])
 
 
-def test_on_layer_done_sees_each_pruned_layers_outputs():
+@pytest.mark.parametrize("config", [
+    WandaConfig(0.5),  # FISTA hands them out from its paired loop (prunekit.correction), in both modes
+    FistaConfig(0.5, error_correction="intra", iters=4, lam_steps=2, refit_iters=4),
+    FistaConfig(0.5, error_correction="intra+inter", iters=4, lam_steps=2, refit_iters=4),
+], ids=["wanda", "fista-intra", "fista-intra+inter"])
+def test_on_layer_done_sees_each_pruned_layers_outputs(config):
     model = tiny_llama(layers=3)
     calib = random_windows(n=3)
     seen = {}
-    prune_layerwise(model, WandaConfig(0.5), calib, progress=False,
+    prune_layerwise(model, config, calib, progress=False,
                     on_layer_done=lambda i, hidden: seen.__setitem__(i, hidden.clone()))
     assert sorted(seen) == [0, 1, 2]
     with torch.no_grad():
