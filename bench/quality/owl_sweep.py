@@ -4,7 +4,8 @@ For each model: Wanda (or `--method`) at `--sparsity` with `--layer-sparsity uni
 (M, λ) of the grid. Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
 shared/data/c4/c4.validation_2k.jsonl: neither calibration nor test data) and on protocol Q's WikiText-2 test
 windows. The choice of (M, λ) reads the validation column only; the test column of the chosen cell is the
-figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run.
+figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run,
+appended; cells already in the output file are not run again.
 
     PYTHONPATH=src python bench/quality/owl_sweep.py --model smollm2-135m --output bench/results/owl_smollm2_cpu.jsonl
 """
@@ -55,7 +56,13 @@ def main() -> None:
     cells = [("uniform", None, None)] + [("owl", float(m), float(lam)) for m in args.m.split(",")
                                          for lam in args.lam.split(",")]
     out = Path(args.output)
+    done = set()  # cells already in the output (a rerun with a wider grid runs only the new ones)
+    if out.exists():
+        for r in map(json.loads, filter(None, out.read_text().splitlines())):
+            done.add((r["model"], r["method"], r["sparsity"], r["allocation"], r["M"], r["lambda"]))
     for allocation, m, lam in cells:
+        if (args.model, args.method, args.sparsity, allocation, m, lam) in done:
+            continue
         options = {} if allocation == "uniform" else {"layer_sparsity": "owl", "owl_m": m, "owl_lambda": lam}
         config = config_class(args.method)(sparsity=args.sparsity, **options)
         model = copy.deepcopy(dense)

@@ -13,7 +13,8 @@ transformers (timed apart), then prunes it:
 
 A worker reports the wall time of the pruning call (for llm-compressor also of `oneshot` alone, without
 building its Dataset), the peak GPU memory allocated and reserved during that call, the process's peak host
-RSS (after loading, and at the end: load and pruning together) and the sparsity of the decoder layers' linears.
+RSS (after loading, and at the end: load and pruning together) and the sparsity of the decoder layers' linears;
+for prunekit also its own split of the seconds (`prunekit_timings`: calibration passes, pruning).
 The JSON holds every row, the environment and the ratios llm-compressor / prunekit (medians over rounds).
 
     PYTHONPATH=src python bench/scale/llmcompressor_scale.py --model DIR --calib FILE [--nsamples 128]
@@ -107,7 +108,8 @@ def worker(args) -> dict:
     t0 = time.perf_counter()
     if args.worker == "prunekit":
         config = config_class(args.method)(sparsity=sparsity, pattern=pattern)
-        prunekit.prune(model, config, calib, device=args.device, batch_size=args.batch_size, progress=False)
+        pruned = prunekit.prune(model, config, calib, device=args.device, batch_size=args.batch_size, progress=False)
+        row["prunekit_timings"] = dict(pruned.timings)  # calibration passes vs pruning, as report.json gives them
     else:
         out = prune_with_llmcompressor(model, calib, args.method, sparsity, pattern)
         row |= {"oneshot_s": out["seconds"], "llmcompressor_settings": out["settings"]}

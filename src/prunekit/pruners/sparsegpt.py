@@ -172,17 +172,25 @@ class SparseGPTPruner(Pruner):
             if choose_mask and not pattern.is_nm:
                 keep.copy_(keep_in_matrix(B**2 / d**2, cfg.sparsity))
             errs = torch.zeros_like(B)
+            rows, err_rows, keep_rows, d_rows = B.unbind(0), errs.unbind(0), keep.unbind(0), d.unbind(0)
+            zero = B.new_zeros(())
             for i in range(i2 - i1):
                 if choose_mask and pattern.is_nm and i % pattern.m == 0:
                     scores = (B[i:i + pattern.m] ** 2 / d[i:i + pattern.m] ** 2).t()
                     keep[i:i + pattern.m] = keep_n_of_m(scores, pattern.n, pattern.m).t()
-                q = torch.where(keep[i], B[i], 0.0)
+                if scale is None and cfg.update:  # the common case in three kernels (the loop's cost is launches)
+                    torch.where(keep_rows[i], zero, rows[i], out=err_rows[i]).div_(d_rows[i])  # (w_j − q_j)/[H⁻¹]_jj
+                    B[i:].addr_(Hb[i, i:], err_rows[i], alpha=-1.0)  # leaves the kept w_j exactly as they were
+                    continue                                       # (the pruned ones are zeroed after the block)
+                q = torch.where(keep_rows[i], rows[i], 0.0)
                 if scale is not None:
                     q = round_to_fp8(q, scale)
                 if cfg.update:
                     errs[i] = (B[i] - q) / d[i]
                     B[i:].addr_(Hb[i, i:], errs[i], alpha=-1.0)
                 B[i] = q
+            if scale is None and cfg.update:
+                B.masked_fill_(keep.logical_not(), 0.0)
             if cfg.update:
                 Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), errs, alpha=-1.0)
         return Pruned(Wt.t().contiguous(), kept.t().contiguous())
