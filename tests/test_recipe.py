@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from conftest import random_windows, run_cli as run, tiny_llama
 from prunekit import get_adapter, prune
 from prunekit.cli import _method_config, _recipe, build_parser, method_configs
+from prunekit.errors import UsageError
 from prunekit.recipe import parse_args
 
 
@@ -70,6 +71,20 @@ def test_a_flag_on_the_command_line_wins_over_the_recipe(tmp_path):
                                        "--ignore", ".*o_proj"])
     assert (args.sparsity, args.nsamples) == (0.3, 16)
     assert _method_config(args).ignore == (".*o_proj",)  # a repeatable flag replaces the recipe's list
+
+
+@pytest.mark.parametrize("flags", [["--pattern", "2:4"], ["--pattern", "mixed-2:4", "--layer-sparsity", "owl"]])
+def test_a_pattern_on_the_command_line_replaces_the_recipe_s_sparsity(flags, tmp_path):
+    """An unstructured run's recipe (sparsity 0.6) with --pattern N:M on the command line: the pattern decides the
+    sparsity, instead of a conflict between a flag the user gave and one the recipe gave."""
+    path = tmp_path / "run.yaml"
+    path.write_text("method: wanda\nsparsity: 0.6\npattern: unstructured\n")
+    config = _method_config(parse_args(build_parser(), ["prune", "--recipe", str(path), "--output", "o", *flags]))
+    assert (str(config.pattern), config.sparsity) == (flags[1], 0.5)
+    assert _method_config(parse_args(build_parser(), ["prune", "--recipe", str(path), "--output", "o"])).sparsity == 0.6
+    with pytest.raises(UsageError, match="drop --sparsity"):  # both on the command line: still a conflict
+        _method_config(parse_args(build_parser(), ["prune", "--recipe", str(path), "--output", "o", *flags,
+                                                   "--sparsity", "0.6"]))
 
 
 BAD_RECIPES = [

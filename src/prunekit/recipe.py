@@ -11,7 +11,8 @@ A key is a flag's long name without its dashes (`eval_data` or `eval-data`), a v
 `--recipe FILE` reads the recipe as if its flags were written on the command line before the others: the
 parser's own rules (types, choices, switches) apply to them, and a flag given on the command line wins (a
 repeatable one replaces the recipe's list). The values are read as text, like argv (YAML would turn `2:4` into
-the number 124). Where a run writes — output, overwrite, checkpoint_dir — is never a recipe's: a recipe can be
+the number 124). A pattern given on the command line replaces the recipe's sparsity too (an N:M pattern implies
+it). Where a run writes — output, overwrite, checkpoint_dir — is never a recipe's: a recipe can be
 reused without overwriting anything.
 
 Every saved model holds the `recipe.yaml` of its run (`dump`): `prunekit prune --recipe OUT/recipe.yaml
@@ -46,6 +47,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     sub = subparser(parser, args.command)
     given = {action.dest for action in sub._actions
              if isinstance(action, argparse._AppendAction) and getattr(args, action.dest) is not None}
+    given |= decided_elsewhere(args)
     flags = to_argv(sub, read(path), path, skip=given)
     placeholders = [f"{action.option_strings[-1]}=-" for action in sub._actions if action.required]
     try:  # the recipe alone first, so that an error names the file it is in
@@ -54,6 +56,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         raise UsageError(f"recipe {path}: {err}") from None
     at = argv.index(args.command) + 1
     return parser.parse_args([*argv[:at], *flags, *argv[at:]])
+
+
+def decided_elsewhere(args: argparse.Namespace) -> set[str]:
+    """Recipe keys that a flag given on the command line decides: a pattern other than unstructured (N:M,
+    mixed-N:M, structured) fixes the sparsity, so the recipe's `sparsity` (say 0.7 of an unstructured run) is
+    dropped rather than reported as a conflict the user did not write."""
+    pattern = getattr(args, "pattern", None)
+    if pattern not in (None, "unstructured") and getattr(args, "sparsity", None) is None:
+        return {"sparsity"}
+    return set()
 
 
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
