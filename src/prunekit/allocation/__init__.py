@@ -63,7 +63,12 @@ def mixed_rates(rates: list[float], sizes: list[int], pattern) -> tuple[list[flo
     """A mixed N:M pattern's layer rates 1 − N_l/M from an allocation's continuous `rates`, and report.json's
     record of them (each layer's N, the rates before rounding)."""
     N = mixed_n(rates, sizes, pattern.n, pattern.m)
-    return [1.0 - n / pattern.m for n in N], {"pattern": str(pattern), "N": N, "continuous_rates": list(rates)}
+    return rates_of_n(N, pattern), {"pattern": str(pattern), "N": N, "continuous_rates": list(rates)}
 
 
-__all__ = ["layer_rates", "layer_sizes", "mixed_n", "mixed_rates", "outlier_ratios", "owl_rates"]
+def rates_of_n(N: list[int], pattern) -> list[float]:
+    """The layer rates 1 − N_l/M of a mixed N:M pattern whose layers keep N_l of every M."""
+    return [1.0 - n / pattern.m for n in N]
+
+
+__all__ = ["layer_rates", "layer_sizes", "mixed_n", "mixed_rates", "outlier_ratios", "owl_rates", "rates_of_n"]

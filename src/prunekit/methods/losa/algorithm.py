@@ -23,7 +23,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from ...allocation import mixed_rates
+from ...allocation import mixed_rates, rates_of_n
 from ...allocation.rmi import feature_positions, layer_features, layer_importance, rmi_sparsity, similarity_matrix
 from ...checkpoints import RunCheckpoint, rng_state, set_rng_state
 from ...engine import OperatorResult, PruneResult
@@ -123,7 +123,7 @@ def losa(model, config: LosaConfig, calib: torch.Tensor, tokenizer, *, device="c
                 continuous = rmi_sparsity(importance, sizes, target, config.delta(target))
                 _, result.details["mixed"] = mixed_rates(continuous, sizes, config.pattern)
                 stage["importance"] = importance.tolist()
-            rates = [1.0 - n / config.pattern.m for n in result.details["mixed"]["N"]]
+            rates = rates_of_n(result.details["mixed"]["N"], config.pattern)  # also after a resume
         del features
         stage["seconds_rmi"] = time.perf_counter() - t0
         result.timings["rmi"] += stage["seconds_rmi"]
