@@ -360,3 +360,32 @@ def test_sigterm_mid_run_removes_the_temporary_output_and_says_how_to_resume(tin
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == f"prunekit: interrupted, nothing saved; rerun the same command to resume from {ckpt}"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ckpt") == ["started"]
+
+
+def test_bench_fp8_variants_on_cpu_measure_copies_and_leave_the_model_alone():
+    """fp8_variants measures dense FP8 and 2:4 + FP8 copies of a 2:4 model (here through the exact CPU reference
+    products): every decoder linear packed, weights smaller at each step, the original model unchanged."""
+    from prunekit.eval.speed import fp8_variants, weight_mb
+    from prunekit.patterns import keep_n_of_m
+
+    model = tiny_llama()
+    for layer in get_adapter(model).layers():
+        for _, op in get_adapter(model).linears(layer):
+            op.weight.data.masked_fill_(~keep_n_of_m(op.weight.data.abs(), 2, 4), 0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = fp8_variants(model, batch=1, prompt_len=8, gen_len=2)
+    assert out["layers_converted_fp8"] == 2 * 7
+    assert all(out[v]["prefill_tokens_per_s"] > 0 and out[v]["decode_tokens_per_s"] > 0
+               for v in ("dense_fp8", "sparse_fp8"))
+    assert out["sparse_fp8"]["weights_mb"] < out["dense_fp8"]["weights_mb"] < weight_mb(model)
+    assert {path for paths in out["kernel_paths_fp8"].values() for path, _ in paths.values()} == {"reference"}
+    assert len(out["kernel_paths_fp8"]) == 14
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+
+
+def test_bench_convert_choice_is_checked(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run(["bench", "--model", tiny_model_dir, "--device", "cpu", "--convert", "some",
+                        "--output", tmp_path / "b.json"], capsys)
+    assert code == 2 and "invalid choice" in err and not (tmp_path / "b.json").exists()

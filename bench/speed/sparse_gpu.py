@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment, protocol, flags
 
 from environment import environment  # bench/environment.py
-from prunekit.eval.speed import compare_linear, measure_model, random_24_linear
+from prunekit.eval.speed import compare_linear, measure_model, random_24_linear, weight_mb
 from random_models import random_llama  # bench/speed/random_models.py
 from prunekit.patterns import keep_n_of_m
 from prunekit.sparse import cusparselt_lib, triton_decode
@@ -77,17 +77,6 @@ def prune_24_(model) -> None:
         if isinstance(module, torch.nn.Linear):
             W = module.weight.data
             W.masked_fill_(~keep_n_of_m(W.abs().float(), 2, 4), 0.0)
-
-
-def weight_mb(model) -> float:
-    """Bytes held by the model's parameters and buffers (shared storage counted once), in MiB."""
-    storages = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    for m in model.modules():
-        if isinstance(m, SparseLinear24) and m._compressed is not None:
-            storages[m._compressed.untyped_storage().data_ptr()] = m._compressed.untyped_storage().nbytes()
-    return sum(storages.values()) / 2**20
 
 
 def spread(values: list[float]) -> dict:

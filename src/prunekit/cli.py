@@ -25,7 +25,7 @@ from .checkpoints import check_resumable
 from .data import NAMES, read_text_file
 from .errors import UsageError
 from .eval import zeroshot
-from .eval.speed import bench, plot
+from .eval.speed import CONVERT, bench, plot
 from .eval.plots import comparison_table, draw_comparison, read_reports
 from .eval.table import results_table
 from .methods import OFFLOADS, check_options, config_class, method_configs
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens (prefill)")
     p.add_argument("--gen-len", type=int, default=32, help="generated tokens (decode)")
+    p.add_argument("--convert", choices=CONVERT, default="all",
+                   help="all: every 2:4 linear runs on the 2:4 kernels; faster: only the shapes whose 2:4 kernels "
+                        "timed faster than dense at every measured row count")
+    p.add_argument("--fp8", action="store_true",
+                   help="also measure the same weights in FP8 (E4M3, per-channel scales, FP8 activations): dense "
+                        "(torch._scaled_mm) and 2:4 (cuSPARSELt FP8)")
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
@@ -558,7 +564,7 @@ def cmd_bench(args) -> int:
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: directory {output.parent} does not exist")
     model, _ = load_model(args.model, dtype, device)
-    report = bench(model, args.batch, args.prompt_len, args.gen_len, dtype)
+    report = bench(model, args.batch, args.prompt_len, args.gen_len, dtype, convert=args.convert, fp8=args.fp8)
     if "note" in report:
         _log(report["note"])
     tmp = output.with_name(f".{output.name}.tmp")
@@ -567,7 +573,8 @@ def cmd_bench(args) -> int:
     tmp.replace(output)
     _log(f"kernel paths: {report.get('kernel_path_counts', {})} (per layer under \"kernel_paths\" in {output}; "
          "PRUNEKIT_LOG=1 prints each decision and its reason)")
-    keys = ("device", "dense", "sparse", "layers_converted", "kernel_path_counts")
+    keys = ("device", "dense", "sparse", "dense_fp8", "sparse_fp8", "layers_converted", "kernel_path_counts",
+            "kernel_path_counts_fp8")
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
     return 0
 

@@ -3,19 +3,33 @@
 Each measurement captures the calls in a CUDA graph and times replays with CUDA events (median of
 repeats; `prunekit.sparse.timing`). To keep the L2 cache (50 MB on H100) from serving the weights,
 every per-layer measurement cycles through enough copies of the layer to exceed it several times.
+
+End to end (`bench`), up to four variants of one 2:4 model: "dense" (as loaded), "sparse" (its 2:4 linears on the
+2:4 kernels: every one with convert="all", or only the shapes that timed faster with convert="faster"), and with
+fp8=True "dense_fp8" (the same weights rounded to FP8 E4M3, per-channel scales, activations FP8 per token,
+torch._scaled_mm) and "sparse_fp8" (those FP8 weights packed 2:4 on cuSPARSELt's FP8 kernel). Each variant is
+measured with the others off the GPU, so its peak memory and `weights_mb` are its own.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
 
 from ..models.adapters import attention_inputs
 from ..patterns import keep_n_of_m
+from ..quantize.model import FP8Config, quantize
 from ..sparse.linear import SparseLinear24, convertible_shapes, kernel_paths, sparsify
+from ..sparse.linear_fp8 import sparsify_fp8
 from ..sparse.packing import is_24
 from ..sparse.paths import path_counts
 from ..sparse.timing import copies_past_l2, graph, median_ms, time_calls
+
+#: bench's `convert`: every 2:4 linear on the 2:4 kernels, or only the shapes whose 2:4 kernels timed faster
+CONVERT = ("all", "faster")
+
 
 def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, device="cuda") -> nn.Linear:
     """A bias-free linear layer with random weights pruned to a valid 2:4 pattern."""
@@ -118,29 +132,77 @@ def linear_shapes(model) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype=torch.float16) -> dict:
-    """Dense vs 2:4 per linear shape and end to end; on CPU the model as given only (the 2:4 kernels need CUDA).
+def weight_mb(model) -> float:
+    """MiB held by the model's parameters and buffers (shared storage counted once), cuSPARSELt's compressed
+    buffers included."""
+    storages = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    for m in model.modules():
+        if isinstance(m, SparseLinear24) and m._compressed is not None:
+            storages[m._compressed.untyped_storage().data_ptr()] = m._compressed.untyped_storage().nbytes()
+    return sum(storages.values()) / 2**20
 
-    "kernel_paths" lists, per SparseLinear24 of the measured model, each row count's path and why
+
+def measure_variant(model, batch: int, prompt_len: int, gen_len: int) -> dict:
+    """measure_model's figures plus the variant's weight memory."""
+    return measure_model(model, batch, prompt_len, gen_len) | {"weights_mb": weight_mb(model)}
+
+
+def fp8_variants(model, batch: int, prompt_len: int, gen_len: int) -> dict:
+    """"dense_fp8" and "sparse_fp8" of the module docstring, measured on a copy of `model` (whose linears are still
+    nn.Linear) while `model` itself waits in host memory; returns their figures, how many layers were packed and
+    the FP8 layers' kernel paths."""
+    device = next(model.parameters()).device
+    fp8 = copy.deepcopy(model)
+    model.to("cpu")
+    try:
+        quantize(fp8, FP8Config(compensate=False))  # round to nearest: exact for weights already on the FP8 grid
+        out = {"dense_fp8": measure_variant(fp8, batch, prompt_len, gen_len)}
+        out["layers_converted_fp8"] = sparsify_fp8(fp8)
+        out["sparse_fp8"] = measure_variant(fp8, batch, prompt_len, gen_len)
+        out["kernel_paths_fp8"] = kernel_paths(fp8)
+    finally:
+        del fp8
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        model.to(device)
+    return out
+
+
+def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype=torch.float16,
+          convert: str = "all", fp8: bool = False) -> dict:
+    """Dense vs 2:4 (and with `fp8` dense FP8 and 2:4 + FP8) per linear shape and end to end, the variants of the
+    module docstring; on CPU the model as given only (the 2:4 and FP8 kernels need CUDA).
+
+    "kernel_paths" lists, per 2:4 layer of the measured model, each row count's path and why
     ({name: {label: [path, reason]}}, see prunekit.sparse.paths) and "kernel_path_counts" how many chose
-    each path; a model without SparseLinear24 layers (CPU, dense) reports both empty."""
-
+    each path (likewise "kernel_paths_fp8" for the FP8 variants); a model without such layers (CPU, dense) reports
+    both empty."""
+    if convert not in CONVERT:
+        raise ValueError(f"convert must be one of {', '.join(CONVERT)}, not {convert!r}")
     device = next(model.parameters()).device
     shapes = linear_shapes(model)
-    report = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "shapes": shapes}
+    report = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "shapes": shapes,
+              "convert": convert, "fp8": fp8}
     if device.type != "cuda":
-        report["note"] = "CPU: dense model only; the 2:4 kernels (cuSPARSELt, Triton) need a CUDA GPU"
+        report["note"] = "CPU: dense model only; the 2:4 and FP8 kernels (cuSPARSELt, Triton, _scaled_mm) need a CUDA GPU"
         report["dense"] = measure_model(model, batch, prompt_len, gen_len, repeats=3)
     else:
         tokens = sorted({1, batch, batch * prompt_len})
         report["linear"] = [compare_linear(out, inp, n, dtype) for out, inp in shapes for n in tokens]
-        convert = convertible_shapes(report["linear"])
-        report["dense"] = measure_model(model, batch, prompt_len, gen_len)
-        report["converted_shapes"] = sorted(convert)
-        report["layers_converted"] = sparsify(model, convert, attention_inputs(model))
-        report["sparse"] = measure_model(model, batch, prompt_len, gen_len)
+        report["dense"] = measure_variant(model, batch, prompt_len, gen_len)
+        if fp8:
+            report.update(fp8_variants(model, batch, prompt_len, gen_len))
+        faster = convertible_shapes(report["linear"])
+        report["faster_shapes"] = sorted(faster)  # where every 2:4 kernel beat dense at every measured row count
+        report["converted_shapes"] = shapes if convert == "all" else sorted(faster)
+        report["layers_converted"] = sparsify(model, None if convert == "all" else faster, attention_inputs(model))
+        report["sparse"] = measure_variant(model, batch, prompt_len, gen_len)
     report["kernel_paths"] = kernel_paths(model)
     report["kernel_path_counts"] = path_counts(report["kernel_paths"])
+    if "kernel_paths_fp8" in report:
+        report["kernel_path_counts_fp8"] = path_counts(report["kernel_paths_fp8"])
     return report
 
 
@@ -156,10 +218,11 @@ def plot(report: dict, path) -> None:
     for row in report.get("linear", []):
         labels.append(f"{row['out']}×{row['in']}\n{row['tokens']} tok")
         values.append(row["speedup"])
-    if "sparse" in report:
-        for phase in ("prefill", "decode"):
-            labels.append(f"model\n{phase}")
-            values.append(report["sparse"][f"{phase}_tokens_per_s"] / report["dense"][f"{phase}_tokens_per_s"])
+    for variant in ("sparse", "dense_fp8", "sparse_fp8"):
+        if variant in report:
+            for phase in ("prefill", "decode"):
+                labels.append(f"{variant}\n{phase}")
+                values.append(report[variant][f"{phase}_tokens_per_s"] / report["dense"][f"{phase}_tokens_per_s"])
     if not values:
         ax.text(0.5, 0.5, report.get("note", "no sparse measurement"), ha="center", va="center", wrap=True)
     else:

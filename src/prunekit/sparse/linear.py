@@ -286,8 +286,10 @@ def _first_line(e: Exception) -> str:
 
 
 def kernel_paths(model: nn.Module) -> dict[str, dict[str, tuple[str, str]]]:
-    """{module name: {label: (path, reason)}} for every SparseLinear24 in `model` ({} for one not yet run)."""
-    return {name: dict(m.paths) for name, m in model.named_modules() if isinstance(m, SparseLinear24)}
+    """{module name: {label: (path, reason)}} for every layer that records its kernel choices (`paths`): the
+    SparseLinear24 and FP8 layers of `model` ({} for one not yet run)."""
+    return {name: dict(m.paths) for name, m in model.named_modules()
+            if isinstance(m, SparseLinear24) or isinstance(getattr(m, "paths", None), dict)}
 
 
 def convertible_shapes(timings: list[dict], tolerance: float = 0.03) -> set[tuple[int, int]]:
