@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from conftest import random_windows, tiny_llama, tiny_opt
-from prunekit import get_adapter
+from conftest import random_windows, tiny_gemma, tiny_llama, tiny_opt
+from prunekit import UsageError, get_adapter
 from prunekit.rotation import (RotatedForward, make_rotation_invariant, random_rotation, rotate_model,
                                residual_stream)
 
@@ -116,3 +116,9 @@ def test_folding_is_idempotent(model):
     once = logits(model, ids)
     make_rotation_invariant(model)
     assert torch.equal(once, logits(model, ids))
+
+
+def test_gemma_is_refused():
+    """Gemma 3's norms after attention and MLP see the blocks' outputs: folding would change the model."""
+    with pytest.raises(UsageError, match="cannot be rotated"):
+        make_rotation_invariant(tiny_gemma())

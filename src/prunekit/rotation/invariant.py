@@ -85,6 +85,10 @@ def _check_rotatable(model: nn.Module, adapter: Adapter) -> None:
     name = type(model).__name__
     if not adapter.embedding_paths or not adapter.writer_paths:
         raise UsageError(f"{name}: its adapter does not describe the residual stream, so it cannot be rotated")
+    if len(adapter.norm_paths) != len(adapter.norm_readers):
+        # Gemma 3: norms after attention and MLP (and on q/k) see the block's output, not the stream's
+        raise UsageError(f"{name}: its norms after the attention and MLP blocks do not commute with a rotation of "
+                         "the residual stream, so it cannot be rotated; use a layer-wise pruner (e.g. --method wanda)")
     config = model.config
     if getattr(config, "model_type", "") == "opt":
         if not getattr(config, "do_layer_norm_before", True):
