@@ -138,6 +138,9 @@ def check_save_format(config: PruneConfig, save_format: str, streamed: bool = Fa
     if quantize != "none" and save_format != "compact":
         raise UsageError(f"--quantize {quantize} makes FP8 weights, which only the compact format stores: add "
                          "--save-format compact")
+    if save_format == "compact" and getattr(config, "residual_rotations", "none") != "none":
+        raise UsageError(f"--residual-rotations {config.residual_rotations} keeps dense d x d products that the compact "
+                         "format does not store: drop --save-format compact (the Hugging Face format reloads them)")
     if save_format == "compact" and config.removes == "slicing":
         raise UsageError(f"--method {config.method} saves a sliced model (its own format): drop --save-format compact")
 

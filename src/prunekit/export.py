@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import UsageError
 from .methods.slicegpt.layers import restructure
 from .quantize.linear import LinearFP8
+from .rotation.residual import has_residual_rotations
 from .sparse.linear import SparseLinear24, kernel_paths
 from .sparse.linear_fp8 import SparseLinear24FP8
 from .sparse.packing import is_24, nonzero_bits, pack_24, pack_bitmask, unpack_24, unpack_bitmask
@@ -106,6 +108,9 @@ def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dic
     (unpacked: every tensor as the model holds it, FP8 weights at one byte each)."""
     from safetensors.torch import save_file
 
+    if has_residual_rotations(model):
+        raise UsageError("a model with residual rotations (RotPruner) is saved in the Hugging Face format "
+                         "(save_pretrained), which keeps its d x d products; the compact format does not store them")
     directory = _write_model_files(model, directory, tokenizer)
     tensors, layout, tied, seen = {}, {}, {}, {}
     dense_bytes = 0

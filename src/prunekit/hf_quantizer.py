@@ -14,6 +14,13 @@ how to load it:
 The model equals load_compact(dir, sparse_modules=True): same modules, same tensors, the same logits on CPU.
 Only prunekit writes such files: the quantizer loads them (`pre_quantized`) and quantizes nothing itself.
 
+The same quantizer loads a model with RotPruner's residual rotations (format "prunekit-residual-rotations",
+prunekit/rotation/residual.py): its weights are an ordinary state dict plus the A_g (`residual_rotations.*`),
+stored as the file that `quantization_config.weights` names, which the quantizer points transformers at
+(`update_tp_plan`: the one hook that sees the model's config before the weights are looked up); before the
+weights it attaches the empty holder of the A_g, after them it installs the products. Such a model saves again
+with save_pretrained.
+
 This module imports transformers; hf_hook.py registers it when transformers' quantizer registry is first
 imported, so that `import prunekit` does not import transformers.
 """
@@ -28,6 +35,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 METHOD = "prunekit"
+RESIDUAL = "prunekit-residual-rotations"  # rotation.residual.FORMAT (not imported here: it imports torch)
 
 
 class PrunekitConfig(QuantizationConfigMixin):
@@ -41,20 +49,33 @@ class PrunekitConfig(QuantizationConfigMixin):
         self.extra = {k: v for k, v in extra.items() if k != "quant_method"}  # keys a newer prunekit may add
 
     def to_dict(self) -> dict:
+        if self.format == RESIDUAL:
+            return {"quant_method": METHOD, "format": self.format, "version": self.version, **self.extra}
         return {"quant_method": METHOD, "format": self.format, "version": self.version, "schemes": self.schemes,
                 "activations": self.activations, **self.extra}
 
 
 class PrunekitQuantizer(HfQuantizer):
-    """Loads prunekit's compact format (see the module docstring)."""
+    """Loads prunekit's compact format and models with residual rotations (see the module docstring)."""
 
     requires_calibration = True  # a compact file is quantized already: transformers must not quantize on load
 
     def __init__(self, quantization_config, **kwargs):
         super().__init__(quantization_config, **kwargs)
         self.layout: dict = {}
+        self.residual = quantization_config.format == RESIDUAL
+
+    def update_tp_plan(self, config):
+        if self.residual:
+            config.transformers_weights = self.quantization_config.extra["weights"]
+        return super().update_tp_plan(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        if self.residual:
+            from .rotation.residual import attach
+
+            attach(model, self.quantization_config.extra["residual_rotations"])
+            return model
         from .export import compact_layer, layer_class, read_compact_header
 
         self.layout, _ = read_compact_header(Path(checkpoint_files[0]).parent)
@@ -71,6 +92,8 @@ class PrunekitQuantizer(HfQuantizer):
         return model
 
     def get_weight_conversions(self):
+        if self.residual:
+            return []
         from transformers.core_model_loading import WeightConverter, WeightRenaming
 
         from .export import layer_class, stored_packing
@@ -98,17 +121,22 @@ class PrunekitQuantizer(HfQuantizer):
         return conversions
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.residual:
+            from .rotation.residual import finish_loading
+
+            finish_loading(model)
+            return model
         from .sparse.linear import kernel_paths
 
         model.kernel_paths = functools.partial(kernel_paths, model)
         return model
 
     def is_serializable(self):
-        return False  # save with prunekit.export.save_compact, which writes this format
+        return self.residual  # compact: save with prunekit.export.save_compact, which writes this format
 
     @property
     def is_trainable(self) -> bool:
-        return False
+        return self.residual
 
 
 def _meta_tensor(shape, dtype):

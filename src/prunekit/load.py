@@ -10,6 +10,7 @@ import torch
 from .errors import UsageError
 from .export import is_compact, is_sliced_dir, load_compact, load_sliced_dir
 from .models.loading import EMBEDDED_MODELS, parse_dtype, resolve_model
+from .rotation.residual import is_residual_dir
 from .streaming import load_streamed
 
 
@@ -38,6 +39,9 @@ def load_model(spec: str = "smollm2-135m", dtype: str | torch.dtype = "float32",
 def _load_streamed(source: str, dtype: torch.dtype, workdir):
     from transformers import AutoTokenizer
 
+    if is_residual_dir(source):
+        raise UsageError(f"{source} has residual rotations (RotPruner), which --offload disk does not stream: use "
+                         "--offload cpu")
     if not Path(source).is_dir() or is_sliced_dir(source) or is_compact(source):
         raise UsageError(f"--offload disk streams a local Hugging Face safetensors directory, not {source}: save "
                          "the model with save_pretrained first, or use --offload cpu")

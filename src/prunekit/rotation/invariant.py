@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from ..models.adapters import Adapter, get_adapter
+from .residual import has_residual_rotations
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def _check_rotatable(model: nn.Module, adapter: Adapter) -> None:
         # Gemma 3: norms after attention and MLP (and on q/k) see the block's output, not the stream's
         raise UsageError(f"{name}: its norms after the attention and MLP blocks do not commute with a rotation of "
                          "the residual stream, so it cannot be rotated; use a layer-wise pruner (e.g. --method wanda)")
+    if has_residual_rotations(model):
+        raise UsageError(f"{name} already carries residual rotations (a RotPruner result): rotate the dense original")
     config = model.config
     if getattr(config, "model_type", "") == "opt":
         if not getattr(config, "do_layer_norm_before", True):

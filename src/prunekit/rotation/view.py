@@ -9,6 +9,10 @@ pruner's mask with a straight-through gradient). The LM head is applied to z in 
 which equals the rotated head (head Q) applied to n(h_L): it saves rotating a vocab × d matrix
 every step.
 
+With residual rotations (rotation/residual.py) the operators of a rotated block b rotate by R_b = Q A_g
+instead of Q (W_in R_b, R_bᵀ W_out, b R_b) and the block computes with the products n(h) A_g and o_b A_gᵀ
+(`residual.block_products`, the rule the installed model uses), A_g differentiable as Q is.
+
 With `checkpoint_layers`, each decoder layer runs under activation checkpointing and rotates its own
 weights inside: the backward pass keeps only each layer's input and recomputes the rest, instead of holding
 every layer's rotated fp32 weights at once (≈ 0.9 GB a layer at 8B widths). Same arithmetic, same result.
@@ -24,17 +28,19 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from ..models.adapters import get_adapter
+from . import residual
 from .invariant import ResidualStream, is_rotation_invariant
 
 Transform = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class RotatedForward:
-    """Call with (input_ids, Q[, transform]) → z [batch, tokens, d], the final hidden state in the
-    original basis; `logits(z)` applies the frozen head."""
+    """Call with (input_ids, Q[, transform[, A]]) → z [batch, tokens, d], the final hidden state in the
+    original basis; `logits(z)` applies the frozen head. `blocks` (residual.blocks) are the blocks that
+    rotate by their own A[g] on top of Q; A maps each of their groups to its matrix."""
 
     def __init__(self, model: nn.Module, stream: ResidualStream, backbone: nn.Module,
-                 checkpoint_layers: bool = False):
+                 checkpoint_layers: bool = False, blocks: list[residual.Block] | None = None):
         if not is_rotation_invariant(model):
             raise ValueError("RotatedForward needs a rotation-invariant model: call make_rotation_invariant first")
         self.model, self.stream, self.backbone = model, stream, backbone
@@ -47,6 +53,8 @@ class RotatedForward:
         self.rows = {p: params[p] for p in stream.row_params}
         self.head = modules[stream.head]
         self.checkpoint_layers = checkpoint_layers
+        self.blocks = list(blocks or ())
+        self.group_of = {path: b.group for b in self.blocks for path in (*b.readers, b.writer, b.writer + ".bias")}
         adapter = get_adapter(model)
         self.layers = {adapter.layer_prefix(i) + ".": layer for i, layer in enumerate(adapter.layers())}
         self._inside: set[int] = set()  # layers whose checkpointed forward is running
@@ -55,11 +63,17 @@ class RotatedForward:
         return name[len(self.prefix):] if name.startswith(self.prefix) else name
 
     def rotated_weights(self, Q: torch.Tensor, transform: Transform | None = None,
-                        root: str | None = None) -> dict[str, torch.Tensor]:
+                        root: str | None = None, QA: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """{parameter name: rotated (and transformed) tensor}, rotated in Q's dtype and handed to the forward pass
         in the model's own (a bfloat16 model computes in bfloat16). Names are relative to the backbone; with
-        `root` (a decoder layer's prefix) only that layer's parameters, named relative to it."""
+        `root` (a decoder layer's prefix) only that layer's parameters, named relative to it. `QA` {g: Q A_g}:
+        the rotation of the operators of each rotated block's group g."""
         out = {}
+        QA = QA or {}
+
+        def R(name: str) -> torch.Tensor:
+            g = self.group_of.get(name)
+            return Q if g is None else QA[g]
 
         def put(name: str, tensor: torch.Tensor) -> None:
             if root is None:
@@ -72,15 +86,15 @@ class RotatedForward:
 
         for path, W in self.readers.items():
             if wanted(path):
-                Wr = W.to(Q.dtype) @ Q
+                Wr = W.to(Q.dtype) @ R(path)
                 put(path + ".weight", (transform(path, Wr) if transform else Wr).to(W.dtype))
         for path, W in self.writers.items():
             if wanted(path):
-                Wr = Q.t() @ W.to(Q.dtype)
+                Wr = R(path).t() @ W.to(Q.dtype)
                 put(path + ".weight", (transform(path, Wr) if transform else Wr).to(W.dtype))
         for name, b in self.rows.items():
             if wanted(name):
-                put(name, (b.to(Q.dtype) @ Q).to(b.dtype))
+                put(name, (b.to(Q.dtype) @ R(name)).to(b.dtype))
         return out
 
     def _outside_layers(self, Q: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,14 +102,18 @@ class RotatedForward:
         return {self._local(name): (b.to(Q.dtype) @ Q).to(b.dtype) for name, b in self.rows.items()
                 if not name.startswith(tuple(self.layers))}
 
-    def _checkpoint_layers(self, Q: torch.Tensor, transform: Transform | None):
-        """Make each decoder layer run checkpointed with its own rotated weights; returns the undo function."""
+    def _checkpoint_layers(self, Q: torch.Tensor, transform: Transform | None, A: dict, QA: dict):
+        """Make each decoder layer run checkpointed with its own rotated weights; returns the undo function.
+        The block products are hooked inside `run`, so that the recomputation in backward has them too."""
         for root, layer in self.layers.items():
-            def run(Q, *args, root=root, layer=layer, **kwargs):
+            blocks = [b for b in self.blocks if b.norm.startswith(root)]
+
+            def run(Q, *args, root=root, layer=layer, blocks=blocks, **kwargs):
                 self._inside.add(id(layer))
                 try:
-                    return functional_call(layer, self.rotated_weights(Q, transform, root), args, kwargs,
-                                           strict=False)
+                    with residual.block_products(self.model, blocks, A):
+                        return functional_call(layer, self.rotated_weights(Q, transform, root, QA), args, kwargs,
+                                               strict=False)
                 finally:
                     self._inside.discard(id(layer))
 
@@ -111,16 +129,22 @@ class RotatedForward:
                 del layer.forward  # the instance attribute: the class's forward shows again
         return undo
 
-    def __call__(self, input_ids: torch.Tensor, Q: torch.Tensor, transform: Transform | None = None) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, Q: torch.Tensor, transform: Transform | None = None,
+                 A: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        A = A or {}
+        QA = {g: Q @ Ag.to(Q.dtype) for g, Ag in A.items()}
         undo = None
         if self.checkpoint_layers:
-            overrides, undo = self._outside_layers(Q), self._checkpoint_layers(Q, transform)
+            overrides, undo = self._outside_layers(Q), self._checkpoint_layers(Q, transform, A, QA)
+            products = residual.block_products(self.model, [], A)
         else:
-            overrides = self.rotated_weights(Q, transform)
+            overrides = self.rotated_weights(Q, transform, QA=QA)
+            products = residual.block_products(self.model, self.blocks, A)
         handles = [m.register_forward_hook(lambda mod, args, out: out @ Q.to(out.dtype)) for m in self.embeddings]
         try:
-            out = functional_call(self.backbone, overrides, args=(), kwargs={"input_ids": input_ids, "use_cache": False},
-                                  strict=False)
+            with products:
+                out = functional_call(self.backbone, overrides, args=(),
+                                      kwargs={"input_ids": input_ids, "use_cache": False}, strict=False)
         finally:
             for h in handles:
                 h.remove()
