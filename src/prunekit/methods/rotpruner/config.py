@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from ...pruners import PRUNERS, pruner_class
 from ...pruners.base import PruneConfig
+from ...rotation import residual
 from ...rotation.stiefel import OPTIMIZERS
 from .ste import STE_MODES
 
@@ -32,6 +33,11 @@ class RotPrunerConfig(PruneConfig):
     step), cosine schedule, SR-STE. On SmolLM2 the first gradient has norm ≈ 60, so 1e-4 moves Q by
     ≈ 0.006 (Frobenius) on the first step: the same scale as theirs. Few-step CPU budgets need a
     larger rate (BENCHMARKS.md, RotPruner section).
+
+    Residual rotations (`residual_rotations`, the paper's §3.2): each attention and/or MLP block of layer l also
+    gets an orthonormal A_g, g = (kind, l // share_every), starting at I and learned jointly with Q; the block
+    reads n(h) A_g with W_in Q A_g and writes o_b A_gᵀ from A_gᵀ Qᵀ W_out, so it is pruned in its own rotated
+    space, at the cost of two d × d products per rotated block at inference (prunekit/rotation/residual.py).
     """
 
     method = "rotpruner"
@@ -61,6 +67,11 @@ class RotPrunerConfig(PruneConfig):
         "flag": "--no-checkpoint-layers", "help": "keep every decoder layer's rotated weights and activations for the backward pass instead of "
                 "recomputing each layer there (recomputing: one layer's memory instead of all, one more forward "
                 "pass of time)"})
+    residual_rotations: str = field(default="none", metadata={
+        "help": "residual rotations: an orthonormal A per attention and/or MLP block, learned with Q, pruned in its "
+                "space, applied at inference as two d x d products per block: none, attn, mlp or both"})
+    share_every: int = field(default=1, metadata={
+        "help": "consecutive layers that share one residual rotation (the authors: 4)", "min": 1})
     blocksize: int = field(default=128, metadata={"help": "columns per block of lazy updates", "min": 1})
     percdamp: float = field(default=0.01, metadata={"help": "Hessian damping, fraction of its mean diagonal",
                                                      "above": 0.0})
@@ -72,8 +83,20 @@ class RotPrunerConfig(PruneConfig):
         _one_of("--schedule", self.schedule, SCHEDULES)
         _one_of("--ste", self.ste, STE_MODES)
         _one_of("--train-dtype", self.train_dtype, TRAIN_DTYPES)
+        _one_of("--residual-rotations", self.residual_rotations, residual.CHOICES)
+        if self.share_every != 1 and self.residual_rotations == "none":
+            raise ValueError(f"--share-every {self.share_every} shares residual rotations: add --residual-rotations "
+                             f"attn, mlp or both")
         check_training(self)
         self.base_config()  # N:M and blocksize checks of the base pruner
+
+    def check_model(self, model) -> None:
+        """A UsageError, before any work, for a model whose residual stream cannot be rotated."""
+        from ...rotation import residual_stream
+
+        residual_stream(model)
+        if self.residual_rotations != "none":
+            residual.blocks(model, residual.kinds_of(self.residual_rotations), self.share_every)
 
     def base_config(self) -> PruneConfig:
         """The base pruner's config: same pattern and sparsity, and every option of this config that the pruner

@@ -7,6 +7,9 @@ p are next-token distributions on the calibration windows, z the final hidden st
 At every step each operator's mask is chosen afresh by the base pruner's own selection (`Pruner.mask`) on
 its rotated weight, with the rotated statistics (`Pruner.load_rotated_gram`); the loss is back-propagated to Q through a straight-through estimator, and Q takes a
 Cayley step on the Stiefel manifold (rotation/stiefel.py). The original weights never change.
+
+With residual rotations each rotated block's group g adds an A_g (identity at the start) to the same optimizer:
+the block's operators are rotated, masked and their statistics rotated by R_b = Q A_g instead of Q.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm.auto import tqdm
 from ...engine import OFFLOAD, LayerWalk, on_device
 from ...models.adapters import Adapter
 from ...rotation import ResidualStream, RotatedForward, Rotation, make_optimizer, orthonormality_error
+from ...rotation import residual
 from ...rotation.training import TrainingLog, distillation_loss, lr_schedule, mean, window_batches
 from ...pruners.base import PruneConfig, Pruner
 from .ste import masked
@@ -84,9 +88,11 @@ def dense_teacher(model: nn.Module, adapter: Adapter, stream: ResidualStream, wi
 
 
 def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, windows: torch.Tensor,
-                   teacher: Teacher, config, device, progress: bool = True) -> tuple[Rotation, TrainingLog]:
-    """Learn Q on `windows` [n, seqlen] (their prefix of `config.train_seqlen` tokens); returns the
-    rotation and a log of the loss, step times and peak memory."""
+                   teacher: Teacher, config, device, progress: bool = True,
+                   blocks: list[residual.Block] | None = None) -> tuple[Rotation, dict[str, Rotation], TrainingLog]:
+    """Learn Q (and an A_g per group of the rotated `blocks`) on `windows` [n, seqlen] (their prefix of
+    `config.train_seqlen` tokens); returns the rotation, {g: A_g's rotation} and a log of the loss, step times
+    and peak memory."""
     device = torch.device(device)
     n, seqlen = windows.shape
     tokens = min(config.train_seqlen or seqlen, seqlen)
@@ -96,10 +102,14 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     model.to(device)
     model.requires_grad_(False)
     rotation = Rotation(stream.width, stream.ones_fixed).to(device)
-    optimizer = make_optimizer(config.optimizer, rotation.parameters(), config.lr, config.momentum)
+    blocks = list(blocks or ())
+    residuals = nn.ModuleDict({g: Rotation(stream.width) for g in residual.groups(blocks)}).to(device)
+    params = [*rotation.parameters(), *residuals.parameters()]
+    optimizer = make_optimizer(config.optimizer, params, config.lr, config.momentum)
     schedule = lr_schedule(optimizer, config.schedule, steps)
-    view = RotatedForward(model, stream, adapter.backbone, checkpoint_layers=config.checkpoint_layers)
+    view = RotatedForward(model, stream, adapter.backbone, checkpoint_layers=config.checkpoint_layers, blocks=blocks)
     group_of = {name: g for g in teacher.groups for name in g.names}
+    block_of = {path: b.group for b in blocks for path in b.readers}  # reader path → its block's group
     reader_G = [g for g in teacher.groups if g.rotates and g.G is not None]
     for g in reader_G:
         g.G = g.G.to(device)
@@ -118,10 +128,12 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         z_dense = teacher.z[batch, :tokens].to(device)
 
         Q = rotation.matrix().float()
+        A = {g: r.matrix().float() for g, r in residuals.items()}
         with torch.no_grad():
             Qd = Q.detach()
             for g in reader_G:
-                g.pruner.load_rotated_gram(g.G, Qd)
+                b = block_of.get(g.names[0])
+                g.pruner.load_rotated_gram(g.G, Qd if b is None else Qd @ A[b].detach())
 
         masks = {}  # this step's masks: a checkpointed layer's recomputation in backward reuses them
 
@@ -132,7 +144,7 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
             return masked(W, masks[path], config.ste, config.srste_decay)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            z = view(ids, Q, transform)
+            z = view(ids, Q, transform, A)
         loss, kl, mse = distillation_loss(view, z.float(), z_dense, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,7 +153,8 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         optimizer.step()
         schedule.step()
 
-        log.record_step(step, t0, loss, kl, mse, device, lambda: orthonormality_error(rotation.matrix()))
+        log.record_step(step, t0, loss, kl, mse, device, lambda: max(
+            orthonormality_error(r.matrix()) for r in (rotation, *residuals.values())))
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{mean(log.loss[-10:]):.4f}")
 
@@ -150,4 +163,4 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
     for g in reader_G:
         g.G = g.G.to(OFFLOAD)
     model.to(OFFLOAD)
-    return rotation, log
+    return rotation, dict(residuals.items()), log
