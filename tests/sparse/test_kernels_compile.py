@@ -51,3 +51,15 @@ def test_fused_norm_compiles_for_sm90(block, weight):
            "inv_d": "fp32", "eps": "fp32"}
     cubin = compile_for_hopper(fused_norm._rms_norm_kernel, sig, {"BLOCK": block, "HAS_WEIGHT": weight})
     assert len(cubin) > 0
+
+
+@pytest.mark.parametrize("arch", [80, 90])  # fp16 tensor-core products: no FP8 tensor cores needed
+def test_spmm24_fp8_compiles_for_sm80_and_sm90(arch):
+    from prunekit.sparse import triton_fp8
+
+    sig = {"x_ptr": "*fp16", "v_ptr": "*u8", "m_ptr": "*u8", "sx_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*bf16",
+           "y_ptr": "*bf16", "N": "i32", "K": "i32", "stride_xb": "i32", "stride_vn": "i32", "stride_mn": "i32",
+           "stride_yb": "i32", "B": "i32"}
+    cubin = compile_for_hopper(triton_fp8._spmm24_fp8_kernel, sig,
+                               {"BLOCK_N": 32, "BLOCK_K": 128, "HAS_BIAS": True}, arch=arch)
+    assert len(cubin) > 0

@@ -6,6 +6,8 @@ from prunekit.quantize import LinearFP8, fp8_linear
 from prunekit.sparse import kernel_paths
 from prunekit.sparse.linear_fp8 import SparseLinear24FP8, sparsify_fp8
 
+from . import triton_interpreter
+
 
 def fp8_24_linear(out=48, inp=64, bias=True, activations="fp8", seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -38,7 +40,8 @@ def test_sparsify_fp8_packs_only_24_weights_and_kernel_paths_lists_them():
     assert sparsify_fp8(model) == 1
     assert isinstance(model[0], SparseLinear24FP8) and isinstance(model[2], LinearFP8)
     assert torch.equal(model(x), before)
-    assert set(kernel_paths(model)) == {"0"}
+    assert set(kernel_paths(model)) == {"0", "2"}  # the packed layer and the dense FP8 one both record their paths
+    assert kernel_paths(model)["2"]["cpu"][0] == "reference"
 
 
 def test_dtype_casts_keep_the_packed_fp8_values():
@@ -63,5 +66,45 @@ def test_cuda_path_matches_the_reference(rows):
     dense_cuda = dense.cuda()
     assert ((dense_cuda(x).float() - ref).norm() / ref.norm()) < 1e-2, dense_cuda.paths
     if torch.cuda.get_device_capability() >= (9, 0):  # Hopper: the kernels must be the ones that ran, not a fallback
-        assert sparse.paths["cuda"][0] == "cslt_fp8", sparse.paths
+        fastest = {"triton_fp8", "cslt_fp8"} if rows <= 16 else {"cslt_fp8"}  # ≤ 16 rows: the faster of the two
+        assert sparse.paths[f"cuda, rows={rows}"][0] in fastest and "cuda" not in sparse.paths, sparse.paths
         assert dense_cuda.paths["cuda"][0] == "scaled_mm", dense_cuda.paths
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rows", [1, 7, 16])
+def test_triton_fp8_kernel_on_cuda_matches_the_reference(rows):
+    from prunekit.quantize.fp8 import quantize_per_token
+    from prunekit.sparse import triton_fp8
+
+    dense = fp8_24_linear(1024, 4096)
+    sparse = SparseLinear24FP8.from_linear(dense).cuda()
+    x = torch.randn(rows, 4096, device="cuda")
+    ref = fp8_linear(x.cpu(), dense.weight, dense.weight_scale, dense.bias).cuda()
+    xq, sx = quantize_per_token(x)
+    y = triton_fp8.spmm24_fp8(xq, sx, sparse.values, sparse.meta, sparse.weight_scale, sparse.bias, torch.float32)
+    assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed (runs its interpreter on CPU)")
+@pytest.mark.parametrize("rows,out,inp,bias", [(1, 40, 256, True), (5, 17, 96, False), (16, 64, 512, True)])
+def test_triton_fp8_kernel_in_the_interpreter(rows, out, inp, bias):
+    """spmm24_fp8 against the exact reference product of the FP8 layer (fp8_linear), in Triton's interpreter: the E4M3
+    bytes decoded in the kernel, every product exact in fp32, so only the order of the sum differs. The weights span
+    E4M3's whole range (subnormals, ±448, zeros) and the inputs several scales per row."""
+    from prunekit.quantize.fp8 import quantize_per_token
+    from prunekit.sparse import triton_fp8
+
+    layer = fp8_24_linear(out, inp, bias=bias, seed=rows)
+    codes = torch.randint(0, 256, layer.weight.shape, generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0x7E  # no NaN codes: the quantizer never writes them
+    layer.weight = torch.where(layer.weight.view(torch.uint8) != 0, codes, 0).view(torch.float8_e4m3fn)
+    sparse = SparseLinear24FP8.from_linear(layer)
+    x = torch.randn(rows, inp) * torch.logspace(-2, 2, rows).unsqueeze(1)
+    ref = fp8_linear(x, layer.weight, layer.weight_scale, layer.bias)
+    xq, sx = quantize_per_token(x)
+    small = {"BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4}
+    with triton_interpreter.interpreted(triton_fp8):
+        y = triton_fp8.spmm24_fp8(xq, sx, sparse.values, sparse.meta, sparse.weight_scale, sparse.bias,
+                                  out_dtype=torch.float32, config=small)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

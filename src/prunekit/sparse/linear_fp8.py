@@ -6,7 +6,11 @@ fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Q
   quantized to FP8, then torch._cslt_sparse_mm(W, x̂ᵀ, alpha=s), cuSPARSELt scaling each output channel by its
   alpha, and the per-token scales and the bias applied to its [out, rows] result. The weight is compressed for
   cuSPARSELt on the first call; as in SparseLinear24, `values` then becomes a view into that buffer when the
-  buffer starts with exactly them. Rows are padded to a multiple of 16, decode included (no FP8 Triton kernel yet).
+  buffer starts with exactly them. Rows are padded to a multiple of 16.
+- `triton_fp8` (≤ 16 rows, any CUDA GPU with Triton): triton_fp8.spmm24_fp8 reads the packed E4M3 bytes and indices
+  directly (decode: 0.3125× the bytes of the dense bf16 weight).
+  Where both run, the first call of each row count times both in a CUDA graph and the faster one is kept for that
+  (shape, rows) (FP8_PLANS); a call captured before that timing takes cslt_fp8 untimed.
 - `reference` (CPU; a GPU, torch or cuSPARSELt that refuses FP8; activations "none"): fp8.fp8_linear on the
   unpacked weight, the exact fp32 product that every kernel is checked against.
 Each choice is recorded in `paths` like SparseLinear24's (linear.kernel_paths lists both). GPU speed is not yet
@@ -20,8 +24,14 @@ import torch.nn as nn
 
 from ..quantize.fp8 import dequantize_fp8, fp8_linear, quantize_per_token
 from ..quantize.linear import KeepsFP8, LinearFP8, check_activations, fp8_tensor_cores
+from . import timing, triton_fp8
 from .linear import SparseLinear24, cusparselt_available
 from .packing import is_24, pack_24, unpack_24
+
+#: (out, in, rows) → the FP8 path that timed faster there ("triton_fp8" or "cslt_fp8"), shared by layers of that shape;
+#: FP8_REASONS keeps the timings behind each choice
+FP8_PLANS: dict[tuple[int, int, int], str] = {}
+FP8_REASONS: dict[tuple[int, int, int], str] = {}
 
 
 class SparseLinear24FP8(KeepsFP8, SparseLinear24):
@@ -35,6 +45,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         self.activations = check_activations(activations)
         self.register_buffer("weight_scale", weight_scale)
         self._fp8_refused = False  # set once cuSPARSELt refused FP8 here: not retried on every call
+        self._triton_refused = False  # likewise for the Triton FP8 kernel
 
     @classmethod
     def from_linear(cls, linear: LinearFP8) -> "SparseLinear24FP8":
@@ -54,19 +65,65 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        y = None
-        if (self.activations == "fp8" and not self._fp8_refused and fp8_tensor_cores(x.device)
-                and cusparselt_available()):
-            y = self._cslt_fp8(x2)
+        y = self._cuda_fp8(x2) if self.activations == "fp8" and x.is_cuda else None
         if y is None:
             label = x.device.type
             if label not in self.paths:  # every call passes here: the record is written once
-                why = "CPU: no FP8 sparse kernel" if label == "cpu" else "no FP8 cuSPARSELt for this GPU or torch"
+                why = "CPU: no FP8 sparse kernel" if label == "cpu" else "no FP8 cuSPARSELt or Triton for this GPU or torch"
                 if self.activations == "none":
                     why = "weight-only FP8 (activations none): no FP8 kernel takes unquantized inputs"
                 self._note(label, "reference", f"{why}; exact fp32 product (prunekit.quantize.fp8.fp8_linear)")
             y = fp8_linear(x2, self.fp8_weight(), self.weight_scale, self.bias, self.activations)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _fp8_candidates(self, x2: torch.Tensor) -> list[str]:
+        found = []
+        if not self._triton_refused and triton_fp8.available() and x2.shape[0] <= triton_fp8.MAX_ROWS:
+            found.append("triton_fp8")
+        if not self._fp8_refused and fp8_tensor_cores(x2.device) and cusparselt_available():
+            found.append("cslt_fp8")
+        return found
+
+    def _cuda_fp8(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """The FP8 product on the fastest FP8 path for this row count (module docstring), or None where none runs."""
+        candidates = self._fp8_candidates(x2)
+        if not candidates:
+            return None
+        key = (self.out_features, self.in_features, x2.shape[0])
+        plan = FP8_PLANS.get(key)
+        if plan in candidates:
+            why = FP8_REASONS.get(key, "set in FP8_PLANS from outside: untimed")
+        elif len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
+            plan = candidates[-1]
+            why = "the only FP8 kernel here" if len(candidates) == 1 else \
+                "captured in a CUDA graph before this row count was timed: untimed"
+        else:
+            ms = {path: timing.time_calls([lambda path=path: self._run_fp8(path, x2)], repeats=10)
+                  for path in candidates}
+            ms = {path: t for path, t in ms.items() if path in self._fp8_candidates(x2)}  # not one that refused
+            if not ms:
+                return None
+            plan = FP8_PLANS[key] = min(ms, key=ms.get)
+            why = FP8_REASONS[key] = "timed in a CUDA graph: " + ", ".join(f"{p} {t:.4f} ms" for p, t in ms.items())
+        self._note(f"cuda, rows={key[2]}", plan, why)
+        y = self._run_fp8(plan, x2)
+        if y is None and plan == "cslt_fp8" and "triton_fp8" in candidates:
+            y = self._run_fp8("triton_fp8", x2)
+        return y
+
+    def _run_fp8(self, path: str, x2: torch.Tensor) -> torch.Tensor | None:
+        return self._cslt_fp8(x2) if path == "cslt_fp8" else self._triton(x2)
+
+    def _triton(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """triton_fp8.spmm24_fp8 on the packed FP8 weight, or None (recorded) where Triton cannot build it here."""
+        try:
+            xq, sx = quantize_per_token(x2)
+            return triton_fp8.spmm24_fp8(xq, sx, self.values, self.meta, self.weight_scale, self.bias,
+                                         out_dtype=x2.dtype)
+        except Exception as err:  # a GPU or Triton build the kernel does not compile for
+            self._triton_refused = True
+            self._note("cuda", "reference", f"Triton FP8 kernel refused: {str(err).strip().splitlines()[0][:160]}")
+            return None
 
     def _cslt_fp8(self, x2: torch.Tensor) -> torch.Tensor | None:
         """The cuSPARSELt FP8 product, or None (recorded in `paths`) where this GPU or torch build refuses it."""
@@ -83,7 +140,6 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         y = y[:, :rows].t() * sx
         if self.bias is not None:
             y = y + self.bias
-        self._note("cuda", "cslt_fp8", "cuSPARSELt 2:4 on FP8 tensor cores, alpha = the per-channel scales")
         return y.to(x2.dtype).contiguous()
 
     def _prepare_fp8(self) -> None:
