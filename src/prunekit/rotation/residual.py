@@ -198,8 +198,10 @@ def install(model: nn.Module, A: Mapping[str, torch.Tensor], kinds: tuple[str, .
     dtype, the hooks, the config entry and the save_pretrained that keeps transformers alone from loading it."""
     adapter = get_adapter(model)
     width = next(iter(A.values())).shape[0]
-    dtype = adapter.layers()[0].get_submodule(adapter.writer_paths[0]).weight.dtype
-    holder = ResidualRotations(kinds, share_every, len(adapter.layers()), width, dtype)
+    weight = adapter.layers()[0].get_submodule(adapter.writer_paths[0]).weight
+    holder = ResidualRotations(kinds, share_every, len(adapter.layers()), width, weight.dtype, weight.device)
+    if set(A) != {name for name, _ in holder.named_buffers()}:
+        raise ValueError(f"residual rotations {sorted(A)} do not match the groups of {kinds} shared by {share_every}")
     for g, Ag in A.items():
         getattr(holder, g).copy_(Ag.detach())
     setattr(model, ATTRIBUTE, holder)
@@ -237,6 +239,9 @@ def finish_loading(model: nn.Module) -> None:
 def save_pretrained(model: nn.Module, save_directory, *args, **kwargs) -> None:
     """transformers' save_pretrained, then the weights renamed to WEIGHTS_FILE (a sharded index to WEIGHTS_FILE
     + ".index.json", its shards keep their names) and config.json told the name."""
+    if kwargs.get("push_to_hub"):  # transformers would upload before the rename: a directory others cannot load
+        raise UsageError("a model with residual rotations is pushed as a saved folder: save_pretrained(directory), "
+                         "then upload the directory")
     type(model).save_pretrained(model, save_directory, *args, **kwargs)
     directory = Path(save_directory)
     for plain, ours in (("model.safetensors", WEIGHTS_FILE), ("model.safetensors.index.json", WEIGHTS_FILE + ".index.json")):
