@@ -59,9 +59,10 @@ def main() -> None:
     done = set()  # cells already in the output (a rerun with a wider grid runs only the new ones)
     if out.exists():
         for r in map(json.loads, filter(None, out.read_text().splitlines())):
-            done.add((r["model"], r["method"], r["sparsity"], r["allocation"], r["M"], r["lambda"]))
+            done.add((r["model"], r["method"], r["sparsity"], r["allocation"], r["M"], r["lambda"],
+                      r.get("val_windows", 20), r["environment"].get("device", "cpu")))
     for allocation, m, lam in cells:
-        if (args.model, args.method, args.sparsity, allocation, m, lam) in done:
+        if (args.model, args.method, args.sparsity, allocation, m, lam, args.val_windows, args.device) in done:
             continue
         options = {} if allocation == "uniform" else {"layer_sparsity": "owl", "owl_m": m, "owl_lambda": lam}
         config = config_class(args.method)(sparsity=args.sparsity, **options)
@@ -72,7 +73,7 @@ def main() -> None:
         ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
         row = {"model": args.model, "method": args.method, "sparsity": args.sparsity, "allocation": allocation,
                "M": m, "lambda": lam, "c4_val_ppl": ppl["c4-val"], "wikitext2_test_ppl": ppl["wikitext2"],
-               "achieved_sparsity": result.achieved_sparsity, "prune_s": seconds,
+               "achieved_sparsity": result.achieved_sparsity, "prune_s": seconds, "val_windows": args.val_windows,
                "rates": result.details.get("layer_sparsity", {}).get("rates"),
                "environment": environment(args.device, "float32")}
         with out.open("a") as f:

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "timed faster than dense at every measured row count")
     p.add_argument("--fp8", action="store_true",
                    help="also measure the same weights in FP8 (E4M3, per-channel scales, FP8 activations): dense "
-                        "(torch._scaled_mm) and 2:4 (cuSPARSELt FP8)")
+                        "(torch._scaled_mm) and 2:4 (cuSPARSELt FP8, or the Triton FP8 kernel for <= 16 rows where "
+                        "it timed faster)")
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
@@ -574,7 +575,7 @@ def cmd_bench(args) -> int:
     _log(f"kernel paths: {report.get('kernel_path_counts', {})} (per layer under \"kernel_paths\" in {output}; "
          "PRUNEKIT_LOG=1 prints each decision and its reason)")
     keys = ("device", "dense", "sparse", "dense_fp8", "sparse_fp8", "layers_converted", "kernel_path_counts",
-            "kernel_path_counts_fp8")
+            "kernel_path_counts_dense_fp8", "kernel_path_counts_fp8")
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
     return 0
 

@@ -62,6 +62,10 @@ class Pattern:
         """One step of N, 1/M: a mixed pattern's allocation band (any narrower one rounds every layer to N)."""
         return 1.0 / self.m
 
+    def layer_sparsity(self, n: int) -> float:
+        """1 − n/M: the sparsity of a layer of this (mixed) pattern that keeps n of every M (`of_layer`'s inverse)."""
+        return 1.0 - n / self.m
+
     def of_layer(self, sparsity: float) -> "Pattern":
         """The plain N_l:M of one layer of this mixed pattern, from its sparsity 1 - N_l/M."""
         n = round(self.m * (1.0 - sparsity))

@@ -62,10 +62,16 @@ def decided_elsewhere(args: argparse.Namespace) -> set[str]:
     """Recipe keys that a flag given on the command line decides: a pattern other than unstructured (N:M,
     mixed-N:M, structured) fixes the sparsity, so the recipe's `sparsity` (say 0.7 of an unstructured run) is
     dropped rather than reported as a conflict the user did not write."""
-    pattern = getattr(args, "pattern", None)
-    if pattern not in (None, "unstructured") and getattr(args, "sparsity", None) is None:
-        return {"sparsity"}
-    return set()
+    from .patterns import Pattern
+
+    text = str(getattr(args, "pattern", None) or "unstructured").strip().lower()
+    if getattr(args, "sparsity", None) is not None:
+        return set()
+    try:
+        decides = text == "structured" or Pattern.parse(text).is_nm
+    except UsageError:  # an unknown pattern: the method's own check reports it
+        decides = False
+    return {"sparsity"} if decides else set()
 
 
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

@@ -108,3 +108,41 @@ def test_triton_fp8_kernel_in_the_interpreter(rows, out, inp, bias):
         y = triton_fp8.spmm24_fp8(xq, sx, sparse.values, sparse.meta, sparse.weight_scale, sparse.bias,
                                   out_dtype=torch.float32, config=small)
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_fp8_path_choice_times_refuses_and_hands_over(monkeypatch):
+    """The per-row-count choice between the two FP8 kernels, without a GPU: the kernels replaced by stand-ins. The
+    faster one is kept for the shape; one that refuses while being timed is left out; a call captured before any
+    timing takes cuSPARSELt untimed; a layer whose planned kernel refuses hands the call to the other."""
+    from prunekit.sparse import linear_fp8, timing
+
+    monkeypatch.setattr(linear_fp8, "FP8_PLANS", {})
+    monkeypatch.setattr(linear_fp8, "FP8_REASONS", {})
+    monkeypatch.setattr(timing, "cold_timer", lambda device: lambda call: call().item())  # "ms" = the stand-in's value
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear())
+    calls = []
+
+    def run(path, x2, ms={"triton_fp8": 1.0, "cslt_fp8": 2.0}):
+        calls.append(path)
+        refused = layer._fp8_refused if path == "cslt_fp8" else layer._triton_refused
+        return None if refused else torch.tensor(ms[path])
+
+    monkeypatch.setattr(layer, "_fp8_candidates",
+                        lambda x2: [p for p, no in (("triton_fp8", layer._triton_refused),
+                                                    ("cslt_fp8", layer._fp8_refused)) if not no])
+    monkeypatch.setattr(layer, "_run_fp8", run)
+    x = torch.zeros(1, 64)
+    assert layer._cuda_fp8(x).item() == 1.0  # triton timed faster
+    assert linear_fp8.FP8_PLANS[(48, 64, 1)] == "triton_fp8" and "cslt_fp8 2.0000 ms" in layer.paths["cuda, rows=1"][1]
+    layer._triton_refused = True  # e.g. another GPU: the planned kernel refuses, cuSPARSELt takes the call
+    assert layer._cuda_fp8(x).item() == 2.0
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    layer._triton_refused = False
+    assert layer._cuda_fp8(torch.zeros(3, 64)).item() == 2.0  # untimed under capture: cuSPARSELt
+    assert "untimed" in layer.paths["cuda, rows=3"][1] and (48, 64, 3) not in linear_fp8.FP8_PLANS
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    layer._fp8_refused = True  # cuSPARSELt refuses while rows=5 is timed: Triton alone, the refusal in the reason
+    monkeypatch.setattr(layer, "_fp8_candidates", lambda x2: ["triton_fp8", "cslt_fp8"])
+    assert layer._cuda_fp8(torch.zeros(5, 64)).item() == 1.0
+    assert linear_fp8.FP8_PLANS[(48, 64, 5)] == "triton_fp8" and "cslt_fp8 refused" in layer.paths["cuda, rows=5"][1]

@@ -68,7 +68,7 @@ def mixed_rates(rates: list[float], sizes: list[int], pattern) -> tuple[list[flo
 
 def rates_of_n(N: list[int], pattern) -> list[float]:
     """The layer rates 1 − N_l/M of a mixed N:M pattern whose layers keep N_l of every M."""
-    return [1.0 - n / pattern.m for n in N]
+    return [pattern.layer_sparsity(n) for n in N]
 
 
 __all__ = ["layer_rates", "layer_sizes", "mixed_n", "mixed_rates", "outlier_ratios", "owl_rates", "rates_of_n"]

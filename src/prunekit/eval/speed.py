@@ -7,8 +7,9 @@ every per-layer measurement cycles through enough copies of the layer to exceed 
 End to end (`bench`), up to four variants of one 2:4 model: "dense" (as loaded), "sparse" (its 2:4 linears on the
 2:4 kernels: every one with convert="all", or only the shapes that timed faster with convert="faster"), and with
 fp8=True "dense_fp8" (the same weights rounded to FP8 E4M3, per-channel scales, activations FP8 per token,
-torch._scaled_mm) and "sparse_fp8" (those FP8 weights packed 2:4 on cuSPARSELt's FP8 kernel). Each variant is
-measured with the others off the GPU, so its peak memory and `weights_mb` are its own.
+torch._scaled_mm) and "sparse_fp8" (those FP8 weights packed 2:4, every one of them whatever `convert` says, on
+cuSPARSELt's FP8 kernel, or for ≤ 16 rows the Triton FP8 kernel where it timed faster). Each variant is measured
+with the others off the GPU, so its peak memory and `weights_mb` are its own.
 """
 
 from __future__ import annotations
@@ -154,11 +155,13 @@ def fp8_variants(model, batch: int, prompt_len: int, gen_len: int) -> dict:
     nn.Linear) while `model` itself waits in host memory; returns their figures, how many layers were packed and
     the FP8 layers' kernel paths."""
     device = next(model.parameters()).device
+    model.to("cpu")  # copied on the host: the GPU never holds both
     fp8 = copy.deepcopy(model)
-    model.to("cpu")
     try:
         quantize(fp8, FP8Config(compensate=False))  # round to nearest: exact for weights already on the FP8 grid
+        fp8.to(device)
         out = {"dense_fp8": measure_variant(fp8, batch, prompt_len, gen_len)}
+        out["kernel_paths_dense_fp8"] = kernel_paths(fp8)  # _scaled_mm, or the reference where it was refused
         out["layers_converted_fp8"] = sparsify_fp8(fp8)
         out["sparse_fp8"] = measure_variant(fp8, batch, prompt_len, gen_len)
         out["kernel_paths_fp8"] = kernel_paths(fp8)
@@ -177,8 +180,8 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
 
     "kernel_paths" lists, per 2:4 layer of the measured model, each row count's path and why
     ({name: {label: [path, reason]}}, see prunekit.sparse.paths) and "kernel_path_counts" how many chose
-    each path (likewise "kernel_paths_fp8" for the FP8 variants); a model without such layers (CPU, dense) reports
-    both empty."""
+    each path (likewise "kernel_paths_dense_fp8" and "kernel_paths_fp8" for the FP8 variants); a model without such
+    layers (CPU, dense) reports both empty."""
     if convert not in CONVERT:
         raise ValueError(f"convert must be one of {', '.join(CONVERT)}, not {convert!r}")
     device = next(model.parameters()).device
@@ -201,8 +204,9 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
         report["sparse"] = measure_variant(model, batch, prompt_len, gen_len)
     report["kernel_paths"] = kernel_paths(model)
     report["kernel_path_counts"] = path_counts(report["kernel_paths"])
-    if "kernel_paths_fp8" in report:
-        report["kernel_path_counts_fp8"] = path_counts(report["kernel_paths_fp8"])
+    for variant in ("dense_fp8", "fp8"):
+        if f"kernel_paths_{variant}" in report:
+            report[f"kernel_path_counts_{variant}"] = path_counts(report[f"kernel_paths_{variant}"])
     return report
 
 

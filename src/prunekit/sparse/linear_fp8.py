@@ -9,8 +9,9 @@ fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Q
   buffer starts with exactly them. Rows are padded to a multiple of 16.
 - `triton_fp8` (≤ 16 rows, any CUDA GPU with Triton): triton_fp8.spmm24_fp8 reads the packed E4M3 bytes and indices
   directly (decode: 0.3125× the bytes of the dense bf16 weight).
-  Where both run, the first call of each row count times both in a CUDA graph and the faster one is kept for that
-  (shape, rows) (FP8_PLANS); a call captured before that timing takes cslt_fp8 untimed.
+  Where both run, the first call of each row count times both in a CUDA graph with the L2 cache flushed and the
+  faster one is kept for that (shape, rows) (FP8_PLANS); a call captured before that timing takes cslt_fp8
+  untimed; a path that refuses hands the call to the other.
 - `reference` (CPU; a GPU, torch or cuSPARSELt that refuses FP8; activations "none"): fp8.fp8_linear on the
   unpacked weight, the exact fp32 product that every kernel is checked against.
 Each choice is recorded in `paths` like SparseLinear24's (linear.kernel_paths lists both). GPU speed is not yet
@@ -98,21 +99,42 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
             why = "the only FP8 kernel here" if len(candidates) == 1 else \
                 "captured in a CUDA graph before this row count was timed: untimed"
         else:
-            ms = {path: timing.time_calls([lambda path=path: self._run_fp8(path, x2)], repeats=10)
-                  for path in candidates}
-            ms = {path: t for path, t in ms.items() if path in self._fp8_candidates(x2)}  # not one that refused
-            if not ms:
+            plan, why = self._time_fp8(x2, candidates, key)
+            if plan is None:
                 return None
-            plan = FP8_PLANS[key] = min(ms, key=ms.get)
-            why = FP8_REASONS[key] = "timed in a CUDA graph: " + ", ".join(f"{p} {t:.4f} ms" for p, t in ms.items())
-        self._note(f"cuda, rows={key[2]}", plan, why)
-        y = self._run_fp8(plan, x2)
-        if y is None and plan == "cslt_fp8" and "triton_fp8" in candidates:
-            y = self._run_fp8("triton_fp8", x2)
-        return y
+        if self._noted.get(key) != plan:  # once per decision: eager calls build no strings
+            self._noted[key] = plan
+            self._note(f"cuda, rows={key[2]}", plan, why)
+        for path in (plan, *[c for c in candidates if c != plan]):  # a path that refuses hands over to the other
+            y = self._run_fp8(path, x2)
+            if y is not None:
+                return y
+        return None
+
+    def _time_fp8(self, x2: torch.Tensor, candidates: list[str], key: tuple) -> tuple[str | None, str]:
+        """The faster FP8 path for this row count, timed in a CUDA graph with the L2 cache flushed before each call
+        (timing.cold_timer: a warm cache would serve the weight), and why; (None, why) if every path refused."""
+        time_cold, ms, refused = timing.cold_timer(x2.device), {}, {}
+        for path in candidates:
+            if self._run_fp8(path, x2) is None:  # refused (recorded in `paths`): not timed, not captured
+                refused[path] = "refused"
+                continue
+            try:
+                ms[path] = time_cold(lambda path=path: self._run_fp8(path, x2))
+            except (RuntimeError, ValueError) as err:
+                refused[path] = str(err).strip().splitlines()[0][:160]
+        if not ms:
+            return None, "every FP8 kernel refused: " + "; ".join(f"{p}: {r}" for p, r in refused.items())
+        plan = FP8_PLANS[key] = min(ms, key=ms.get)
+        FP8_REASONS[key] = ("timed in a CUDA graph, L2 flushed: " + ", ".join(f"{p} {t:.4f} ms" for p, t in ms.items())
+                            + "".join(f"; {p} {r}" for p, r in refused.items()))
+        return plan, FP8_REASONS[key]
 
     def _run_fp8(self, path: str, x2: torch.Tensor) -> torch.Tensor | None:
-        return self._cslt_fp8(x2) if path == "cslt_fp8" else self._triton(x2)
+        """`path` on x2, or None for a path this layer has seen refuse."""
+        if path == "cslt_fp8":
+            return None if self._fp8_refused else self._cslt_fp8(x2)
+        return None if self._triton_refused else self._triton(x2)
 
     def _triton(self, x2: torch.Tensor) -> torch.Tensor | None:
         """triton_fp8.spmm24_fp8 on the packed FP8 weight, or None (recorded) where Triton cannot build it here."""
@@ -146,7 +168,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         if self._compressed is not None and self._compressed.device == self.values.device:
             return
         compressed = torch._cslt_compress(self.fp8_weight())
-        head = compressed.flatten()[: self.values.numel()].view_as(self.values)
+        head = compressed.flatten()[: self.values.numel()].view(self.values.dtype).view_as(self.values)
         if torch.equal(head.view(torch.uint8), self.values.view(torch.uint8)):
             self.values = head  # one copy of the values, shared with cuSPARSELt
         self._compressed = compressed

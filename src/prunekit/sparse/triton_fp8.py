@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from . import timing
-from .paths import log
 from .triton_decode import MAX_ROWS, launch_device
 
 try:
@@ -24,11 +22,8 @@ try:
 except ImportError:  # CPU installs without Triton: callers check `available()`
     triton = None
 
+#: launch configuration (not tuned yet: no GPU measurement of this kernel exists)
 DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
-CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": st}
-           for n in (16, 32, 64) for k in (64, 128, 256) for w in (2, 4) for st in (2, 4)]
-#: best launch configuration per (out, in, rows), filled by `tune` on the device in use
-TUNED: dict[tuple[int, int, int], dict] = {}
 
 
 def available() -> bool:
@@ -100,7 +95,7 @@ def spmm24_fp8(xq: torch.Tensor, sx: torch.Tensor, values: torch.Tensor, meta: t
                          f"{tuple(meta.shape)} do not match a [rows, in] × 2:4 [out, in] product")
     x16 = xq.to(torch.float16).contiguous()  # exact: E4M3 ⊂ fp16
     bytes_ = values.view(torch.uint8) if values.dtype != torch.uint8 else values
-    cfg = config or TUNED.get((N, K, rows)) or TUNED.get((N, K, MAX_ROWS)) or DEFAULT_CONFIG
+    cfg = config or DEFAULT_CONFIG
     y = torch.empty(rows, N, dtype=out_dtype, device=xq.device)
     with launch_device(xq):
         _spmm24_fp8_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
@@ -109,31 +104,3 @@ def spmm24_fp8(xq: torch.Tensor, sx: torch.Tensor, values: torch.Tensor, meta: t
             y.stride(0), rows, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], HAS_BIAS=bias is not None,
             num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
     return y
-
-
-def tune(values: torch.Tensor, meta: torch.Tensor, weight_scale: torch.Tensor, rows: int,
-         configs: list[dict] | None = None) -> tuple[dict, float]:
-    """Time every launch configuration for this weight shape and row count (in CUDA graphs, cycling through copies
-    of the weight so that the L2 cache does not serve it); remember the best. Returns (config, milliseconds)."""
-    copies = timing.copies_past_l2(values.numel() * values.element_size() + meta.numel())
-    weights = [(values.clone(), meta.clone()) for _ in range(copies)]
-    g = torch.Generator(device=values.device).manual_seed(0)  # leaves the global random state alone
-    x = torch.randn(rows, 2 * values.shape[1], device=values.device, generator=g)
-    xq, sx = x.to(torch.float8_e4m3fn), torch.ones(rows, 1, device=values.device)
-    timings, rejected, last = [], 0, ""
-    for cfg in configs or CONFIGS:
-        calls = [lambda v=v, m=m, cfg=cfg: spmm24_fp8(xq, sx, v, m, weight_scale, config=cfg) for v, m in weights]
-        try:
-            timings.append((timing.time_calls(calls, repeats=10), cfg))
-        except Exception as e:  # a configuration the compiler rejects (e.g. out of shared memory) is skipped
-            rejected += 1
-            last = f"{cfg}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
-    if rejected:
-        log(f"tune spmm24_fp8 {(values.shape[0], 2 * values.shape[1])}: {rejected} of {rejected + len(timings)} "
-            f"launch configurations rejected (last: {last})")
-    if not timings:
-        raise RuntimeError(f"no spmm24_fp8 launch configuration compiled for this GPU ({rejected} rejected; "
-                           f"last: {last})")
-    ms, best = min(timings, key=lambda t: t[0])
-    TUNED[(values.shape[0], 2 * values.shape[1], rows)] = best
-    return best, ms
