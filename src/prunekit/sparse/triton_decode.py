@@ -47,6 +47,17 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _packed_step(v_ptr, m_ptr, rows, row_ok, group, K, stride_vn, stride_mn):
+        """One step of a packed 2:4 weight for the groups `group` of the rows `rows`: the two kept values of each group
+        (v0, v1, as stored) and their positions i0, i1 in 0..3 (the group's index nibble); zeros outside the weight."""
+        ok = row_ok[:, None] & (group * 4 < K)[None, :]
+        v0 = tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group)[None, :], mask=ok, other=0)
+        v1 = tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group + 1)[None, :], mask=ok, other=0)
+        byte = tl.load(m_ptr + rows[:, None] * stride_mn + (group // 2)[None, :], mask=ok, other=0).to(tl.int32)
+        nibble = (byte >> ((group % 2) * 4)[None, :]) & 15
+        return v0, v1, nibble & 3, nibble >> 2
+
+    @triton.jit
     def _spmm24_kernel(x_ptr, v_ptr, m_ptr, bias_ptr, y_ptr, N, K, stride_xb, stride_vn, stride_mn, stride_yb,
                        B, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                        HAS_BIAS: tl.constexpr):
@@ -68,12 +79,7 @@ if triton is not None:
         k_per_split = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
         for k0 in range(pid_k * k_per_split, min(K, (pid_k + 1) * k_per_split), BLOCK_K):
             group = k0 // 4 + tl.arange(0, G)
-            ok = row_ok[:, None] & (group * 4 < K)[None, :]
-            v0 = tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group)[None, :], mask=ok, other=0.0)
-            v1 = tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group + 1)[None, :], mask=ok, other=0.0)
-            byte = tl.load(m_ptr + rows[:, None] * stride_mn + (group // 2)[None, :], mask=ok, other=0).to(tl.int32)
-            nibble = (byte >> ((group % 2) * 4)[None, :]) & 15
-            i0, i1 = nibble & 3, nibble >> 2
+            v0, v1, i0, i1 = _packed_step(v_ptr, m_ptr, rows, row_ok, group, K, stride_vn, stride_mn)
             x_ok = batch_ok[None, :] & (group * 4 < K)[:, None]
             x_base = x_ptr + batch[None, :] * stride_xb + (4 * group)[:, None]
             for p in tl.static_range(4):

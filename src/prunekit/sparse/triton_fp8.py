@@ -22,6 +22,9 @@ try:
 except ImportError:  # CPU installs without Triton: callers check `available()`
     triton = None
 
+if triton is not None:  # the packed-weight step shared with triton_decode._spmm24_kernel
+    from .triton_decode import _packed_step
+
 #: launch configuration (not tuned yet: no GPU measurement of this kernel exists)
 DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
 
@@ -58,12 +61,8 @@ if triton is not None:
         acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             group = k0 // 4 + tl.arange(0, G)
-            ok = row_ok[:, None] & (group * 4 < K)[None, :]
-            v0 = _e4m3_to_f32(tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group)[None, :], mask=ok, other=0))
-            v1 = _e4m3_to_f32(tl.load(v_ptr + rows[:, None] * stride_vn + (2 * group + 1)[None, :], mask=ok, other=0))
-            byte = tl.load(m_ptr + rows[:, None] * stride_mn + (group // 2)[None, :], mask=ok, other=0).to(tl.int32)
-            nibble = (byte >> ((group % 2) * 4)[None, :]) & 15
-            i0, i1 = nibble & 3, nibble >> 2
+            b0, b1, i0, i1 = _packed_step(v_ptr, m_ptr, rows, row_ok, group, K, stride_vn, stride_mn)
+            v0, v1 = _e4m3_to_f32(b0), _e4m3_to_f32(b1)
             x_ok = batch_ok[None, :] & (group * 4 < K)[:, None]
             x_base = x_ptr + batch[None, :] * stride_xb + (4 * group)[:, None]
             for p in tl.static_range(4):
