@@ -67,7 +67,12 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
     eps = float(getattr(model.config, "rms_norm_eps", 1e-6))
     d = model.config.hidden_size
     walk = LayerWalk(model, calib, device=device, batch_size=batch_size, progress=progress, desc="SliceGPT PCA")
-    hidden = walk.hidden  # [n, T, d], projected in place as we go
+    hidden = walk.hidden  # [n, T, d] on the offload device: the layer's input, then its output, projected in place
+    pinned = torch.device(device).type == "cuda" and hidden.device.type == "cpu"
+    mids = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device, pin_memory=pinned)  # MLP inputs
+
+    def batches(t: torch.Tensor):
+        return t.split(batch_size)
 
     def fit(*signal_lists) -> torch.Tensor:
         cov = _Covariance(d, eps, device)
@@ -77,41 +82,37 @@ def pca_bases(model: nn.Module, calib: torch.Tensor, k: int, device="cpu", batch
         return cov.basis(k).to(torch.float32)
 
     def project(t: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        U = U.to(t.device)  # float32: a bfloat16 model's activations are projected in float32
+        """t U Uᵀ on the device that runs the layers, in float32 (a bfloat16 model's activations too)."""
+        t, U = t.to(device), U.to(device)
         return ((t.to(U.dtype) @ U) @ U.t()).to(t.dtype)
+
+    def project_in_place(t: torch.Tensor, U: torch.Tensor) -> None:
+        for b in batches(t):
+            b.copy_(project(b, U))
 
     def attention_out(layer, kwargs, h: torch.Tensor) -> torch.Tensor:
         h = h.to(device)
         a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kwargs)
-        return (h + a).to(walk.offload)
+        return h + a
 
     bases = []
     if not shared:
-        bases.append(fit(hidden.split(batch_size)))
-        for b in hidden.split(batch_size):
-            b.copy_(project(b, bases[0]))
+        bases.append(fit(batches(hidden)))
+        project_in_place(hidden, bases[0])
     for index, layer, kwargs in walk:
         if shared:  # U^l from the layer's unprojected input and the MLP input it would give
-            U = fit(hidden.split(batch_size), [attention_out(layer, kwargs, b) for b in hidden.split(batch_size)])
+            U = fit(batches(hidden), (attention_out(layer, kwargs, b) for b in batches(hidden)))
             bases.append(U)
-            for b in hidden.split(batch_size):
-                b.copy_(project(b, U))
-        mids = [attention_out(layer, kwargs, b) for b in hidden.split(batch_size)]
-        Um = bases[-1] if shared else fit(mids)
+            project_in_place(hidden, U)
+        for h, m in zip(batches(hidden), batches(mids)):
+            m.copy_(attention_out(layer, kwargs, h))
+        Um = bases[-1] if shared else fit(batches(mids))
         bases.append(Um)
-        outs = []
-        for m in mids:
-            m = project(m.to(device), Um)
-            outs.append((m + layer.mlp(layer.post_attention_layernorm(m))).to(walk.offload))
-        del mids
+        for m, o in zip(batches(mids), batches(hidden)):  # the input is spent: `hidden` takes the layer's output
+            m = project(m, Um)
+            o.copy_(m + layer.mlp(layer.post_attention_layernorm(m)))
         last = index == len(walk.layers) - 1
-        if shared and not last:  # the next layer fits its basis on its unprojected input
-            Un = None
-        else:
-            Un = fit(outs)
-            bases.append(Un)
-        start = 0
-        for o in outs:
-            hidden[start:start + o.shape[0]] = (o if Un is None else project(o, Un)).to(hidden.dtype)
-            start += o.shape[0]
+        if not shared or last:  # with a shared basis the next layer fits its own on this unprojected output
+            bases.append(fit(batches(hidden)))
+            project_in_place(hidden, bases[-1])
     return bases
