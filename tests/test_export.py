@@ -183,7 +183,7 @@ def test_version_1_files_still_load_and_newer_ones_are_refused(tmp_path):
         metadata = f.metadata()
     assert metadata["version"] == "1"
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["quantization_config"], config["transformers_weights"]  # as an older prunekit wrote it
+    del config["quantization_config"]  # as an older prunekit wrote it
     (tmp_path / "config.json").write_text(json.dumps(config))
     reloaded = load_compact(tmp_path, sparse_modules=True)
     assert not hasattr(reloaded.config, "quantization_config")

@@ -10,7 +10,7 @@ import torch
 
 from conftest import byte_tokenizer, random_windows, tiny_llama
 from prunekit import FP8Config, MagnitudeConfig, SparseGPTConfig, WandaConfig, load_model, prune, quantize
-from prunekit.export import load_compact, save_compact
+from prunekit.export import COMPACT_FILE, load_compact, save_compact
 
 
 def saved(path, config, fp8=False, dtype=torch.float32):
@@ -89,3 +89,31 @@ def test_registration_waits_for_transformers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "SparseLinear24"
+
+
+def test_transformers_without_prunekit_refuses_a_compact_directory(tmp_path):
+    """Without `import prunekit`, transformers skips the unknown quant_method; it then finds no weights file it
+    knows (config.json names none) and raises, instead of building the model with its packed weights random."""
+    directory = saved(tmp_path, MagnitudeConfig(pattern="2:4"))
+    code = ("import sys; from transformers import AutoModelForCausalLM; assert 'prunekit' not in sys.modules; "
+            f"AutoModelForCausalLM.from_pretrained({str(directory)!r}); print('loaded')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "loaded" not in out.stdout, out.stderr[-2000:]
+    assert "Unknown quantization type, got prunekit" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == ("OSError: Error no file named model.safetensors, or "
+                                                   f"pytorch_model.bin, found in directory {directory}.")
+
+
+def test_directories_written_before_still_load(tmp_path):
+    """A directory whose config.json names the compact file (`transformers_weights`, as prunekit wrote it before)
+    loads with prunekit as one without it; save_compact never writes that key."""
+    from transformers import AutoModelForCausalLM
+
+    directory = saved(tmp_path, MagnitudeConfig(pattern="2:4"))
+    config = json.loads((directory / "config.json").read_text())
+    assert "transformers_weights" not in config
+    x = random_windows(2, 16)
+    expected = AutoModelForCausalLM.from_pretrained(directory)(x).logits
+    (directory / "config.json").write_text(json.dumps({**config, "transformers_weights": COMPACT_FILE}))
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(directory)(x).logits, expected)
+    assert torch.equal(load_compact(directory, sparse_modules=True)(x).logits, expected)

@@ -19,10 +19,14 @@ Each 2-D weight gets the smallest of dense, 2:4 and bitmask; loading restores ev
 weight as its Q and s). Version 1 files load unchanged.
 
 config.json also carries `quantization_config` ({"quant_method": "prunekit", "format": "prunekit-compact",
-"version", "schemes": {scheme: count}, "activations"}) and `transformers_weights` (the file's name): after
-`import prunekit`, transformers' `AutoModelForCausalLM.from_pretrained(directory)` builds the model that
-`load_compact(directory, sparse_modules=True)` builds (prunekit/hf_quantizer.py). `load_compact` drops both
-keys from the model's config: they describe the file, not the model.
+"version", "schemes": {scheme: count}, "activations"}): after `import prunekit`, transformers'
+`AutoModelForCausalLM.from_pretrained(directory)` builds the model that `load_compact(directory, sparse_modules=True)`
+builds (prunekit/hf_quantizer.py, whose quantizer points transformers at COMPACT_FILE). config.json names no weights
+file, and the directory has no model.safetensors, so transformers without prunekit (which skips the unknown
+quant_method) finds no weights and raises instead of building the model with its packed weights random.
+Directories written before that carry `transformers_weights` (COMPACT_FILE's name) in config.json: prunekit loads
+them unchanged, transformers alone still loads them wrong; saving them again with save_compact drops the key.
+`load_compact` drops both keys from the model's config: they describe the file, not the model.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ FORMAT = "prunekit-compact"
 VERSIONS = ("1", "2")  # what load_compact reads; a file is written as 1 unless it holds FP8 weights
 #: the scheme of an FP8 weight, by the packing of its Q
 FP8_SCHEMES = {"dense": "fp8", "2:4": "2:4+fp8", "bitmask": "bitmask+fp8"}
-#: the config.json keys that point transformers at the compact file (prunekit/hf_quantizer.py)
+#: config.json's key that describes the file, and the one that directories written before also name the file under
+#: (transformers loads the file it names even without prunekit: hf_quantizer sets it at load time instead)
 QUANTIZATION_KEY, WEIGHTS_KEY = "quantization_config", "transformers_weights"
 
 
@@ -143,7 +148,7 @@ def save_compact(model: nn.Module, directory: str | Path, tokenizer=None) -> dic
 
 
 def _point_transformers_at(directory: Path, layout: dict, version: str) -> None:
-    """Add `quantization_config` and `transformers_weights` to config.json (module docstring)."""
+    """Add `quantization_config` to config.json, and no weights file name (module docstring)."""
     schemes: dict[str, int] = {}
     for info in layout.values():
         schemes[info["scheme"]] = schemes.get(info["scheme"], 0) + 1
@@ -152,7 +157,7 @@ def _point_transformers_at(directory: Path, layout: dict, version: str) -> None:
     config = json.loads(path.read_text())
     config[QUANTIZATION_KEY] = {"quant_method": "prunekit", "format": FORMAT, "version": version, "schemes": schemes,
                                 "activations": activations[0] if len(activations) == 1 else activations or None}
-    config[WEIGHTS_KEY] = COMPACT_FILE
+    config.pop(WEIGHTS_KEY, None)  # never name the file here: transformers alone would load it
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

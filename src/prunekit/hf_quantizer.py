@@ -1,9 +1,10 @@
 """transformers' `AutoModelForCausalLM.from_pretrained(compact_dir)`, after `import prunekit`.
 
-save_compact writes into config.json a `quantization_config` with "quant_method": "prunekit" and
-`transformers_weights` naming the compact file (export.py), so transformers reads that file and asks the
-quantizer registered here under "prunekit" (its `register_quantization_config` / `register_quantizer` hooks)
-how to load it:
+save_compact writes into config.json a `quantization_config` with "quant_method": "prunekit" (export.py), so
+transformers asks the quantizer registered here under "prunekit" (its `register_quantization_config` /
+`register_quantizer` hooks) how to load the directory. config.json names no weights file (so that transformers
+without prunekit finds none and raises): the quantizer points transformers at export.COMPACT_FILE
+(`update_tp_plan`, below). Then:
 1. before the weights, on the meta device, every packed or FP8 linear is replaced by the module that
    `load_compact(dir, sparse_modules=True)` gives it (export.layer_class), with empty buffers of the stored shapes
    and dtypes;
@@ -66,8 +67,10 @@ class PrunekitQuantizer(HfQuantizer):
         self.residual = quantization_config.format == RESIDUAL
 
     def update_tp_plan(self, config):
-        if self.residual:
-            config.transformers_weights = self.quantization_config.extra["weights"]
+        """Name the weights file (the one hook that sees the config before transformers looks the weights up)."""
+        from .export import COMPACT_FILE
+
+        config.transformers_weights = self.quantization_config.extra["weights"] if self.residual else COMPACT_FILE
         return super().update_tp_plan(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
