@@ -278,3 +278,43 @@ def test_slicing_is_not_sparsity():
     with pytest.raises(ValueError, match="use --slicing, not --sparsity"):
         SliceGPTConfig(sparsity=0.3)
     assert SliceGPTConfig(slicing=0.3).sparsity == 0.0
+
+
+def _first_step(model, monkeypatch, **config):
+    """learn_bases' first loss and the bases' gradients then (recorded at the optimizer's step)."""
+    from prunekit.methods.slicegpt import train
+
+    grads, make = [], train.make_optimizer
+
+    def recording(name, params, *args):
+        optimizer = make(name, params, *args)
+        optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in params]))
+        return optimizer
+
+    monkeypatch.setattr(train, "make_optimizer", recording)
+    config = RotPrunerStructuredConfig(slicing=0.25, steps=1, train_samples=2, train_batch=2, **config)
+    details = prune(model, config, random_windows(2, 32), progress=False).details["rotpruner-structured"]
+    return details["training"]["loss"][0], grads[0]
+
+
+@pytest.mark.parametrize("tied,shared", [(False, False), (True, False), (True, True), (False, True)])
+def test_checkpointed_layers_give_the_same_step(tied, shared, monkeypatch):
+    """Each layer checkpointed, its sliced weights computed inside: the same loss and, up to the summation
+    order, the same gradients of the bases as every layer's weights held for the backward pass."""
+    make = (lambda: _tied_llama(2)) if tied else (lambda: _scaled_norms(tiny_llama(layers=2)))
+    loss, grads = _first_step(make(), monkeypatch, shared_layer_basis=shared, checkpoint_layers=True)
+    loss_ref, grads_ref = _first_step(make(), monkeypatch, shared_layer_basis=shared, checkpoint_layers=False)
+    assert loss == loss_ref and len(grads) == len(grads_ref) == (3 if shared else 5)
+    for g, ref in zip(grads, grads_ref):
+        assert ref.abs().max() > 0 and (g - ref).norm() <= 1e-6 * ref.norm()
+
+
+def test_checkpointed_layers_learn_the_same_bases():
+    """A whole run with and without checkpointing: the same sliced model, up to rounding."""
+    calib = random_windows(2, 32)
+    models = {flag: _tied_llama(2) for flag in (True, False)}
+    for flag, model in models.items():
+        config = RotPrunerStructuredConfig(slicing=0.25, steps=4, lr=0.05, train_samples=2, checkpoint_layers=flag)
+        prune(model, config, calib, progress=False)
+    on, off = (dict(models[flag].named_parameters()) for flag in (True, False))
+    assert on.keys() == off.keys() and all(torch.allclose(on[n], off[n], atol=1e-6) for n in on)

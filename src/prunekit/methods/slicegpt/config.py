@@ -78,6 +78,11 @@ class RotPrunerStructuredConfig(SliceGPTConfig):
         "help": "weight of KL(dense ‖ pruned) of the next-token distributions"})
     mse_weight: float = field(default=0.0, metadata={"help": "weight of the relative MSE of the final hidden states"})
     train_seed: int = field(default=0, metadata={"help": "seed of the order of training windows"})
+    checkpoint_layers: bool = field(default=True, metadata={
+        "flag": "--no-checkpoint-layers",
+        "help": "keep every decoder layer's sliced weights and activations for the backward pass instead of "
+                "recomputing each layer there (recomputing: one layer's memory instead of all, one more forward "
+                "pass of time)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -191,6 +191,30 @@ READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate
 WRITERS = ("self_attn.o_proj", "mlp.down_proj")
 
 
+def sliced_layer_tensors(dense: dict[str, torch.Tensor], prefix: str, Ua: torch.Tensor, Um: torch.Tensor,
+                         Un: torch.Tensor, shared: bool, in_proj: bool = False) -> dict[str, torch.Tensor]:
+    """Decoder layer `prefix`'s sliced tensors (module docstring) from the dense ones and its bases U_a^l, U_m^l,
+    U_a^{l+1}, named relative to the layer, in the bases' dtype: W_{q,k,v} U_a, W_{gate,up} U_m, U_mᵀ W_o,
+    U_a^{l+1}ᵀ W_down (biases b U), S_attn = U_aᵀ U_m (not `shared`), S_mlp = U_mᵀ U_a^{l+1}; `in_proj` = U_a
+    (layer 0 of a tied model). Alone, so that training can compute one layer's tensors inside its checkpoint."""
+
+    def D(name: str) -> torch.Tensor:  # a dense tensor in the bases' dtype and device, one at a time
+        return dense[f"{prefix}.{name}"].to(Ua.device, Ua.dtype)
+
+    out = {"in_proj": Ua} if in_proj else {}
+    for op, basis in (("self_attn.q_proj", Ua), ("self_attn.k_proj", Ua), ("self_attn.v_proj", Ua),
+                      ("mlp.gate_proj", Um), ("mlp.up_proj", Um)):
+        out[f"{op}.weight"] = D(f"{op}.weight") @ basis
+    for op, basis in (("self_attn.o_proj", Um), ("mlp.down_proj", Un)):
+        out[f"{op}.weight"] = basis.t() @ D(f"{op}.weight")
+        if f"{prefix}.{op}.bias" in dense:
+            out[f"{op}.bias"] = D(f"{op}.bias") @ basis
+    if not shared:
+        out["attn_shortcut"] = Ua.t() @ Um
+    out["mlp_shortcut"] = Um.t() @ Un
+    return out
+
+
 def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor],
                    embed_and_head: bool = True, tied_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The sliced model's tensors (module docstring) from the dense ones and the bases [U_a^0, U_m^0, ..., U_a^L],
@@ -201,31 +225,17 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
     adapter = get_adapter(model)
     U = bases
     shared = is_shared(model)
-
-    source = dense
-
-    def D(name: str) -> torch.Tensor:  # a dense tensor in the bases' dtype and device, one at a time
-        return source[name].to(U[0].device, U[0].dtype)
-
     out = {}
     if tied_scale is not None:
-        out[adapter.layer_prefix(0) + ".in_proj"] = U[0]
         out[adapter.final_norm_path + ".out_proj"] = U[-1].t() * tied_scale.to(U[-1].device, U[-1].dtype)
     elif embed_and_head:
-        out[adapter.embedding_paths[0] + ".weight"] = D(adapter.embedding_paths[0] + ".weight") @ U[0]
-        out[adapter.head_path + ".weight"] = D(adapter.head_path + ".weight") @ U[-1]
+        for path, basis in ((adapter.embedding_paths[0], U[0]), (adapter.head_path, U[-1])):
+            out[path + ".weight"] = dense[path + ".weight"].to(basis.device, basis.dtype) @ basis
     for i in range(len(adapter.layers())):
-        p, Ua, Um, Un = adapter.layer_prefix(i), U[2 * i], U[2 * i + 1], U[2 * i + 2]
-        for op, basis in (("self_attn.q_proj", Ua), ("self_attn.k_proj", Ua), ("self_attn.v_proj", Ua),
-                          ("mlp.gate_proj", Um), ("mlp.up_proj", Um)):
-            out[f"{p}.{op}.weight"] = D(f"{p}.{op}.weight") @ basis
-        for op, basis in (("self_attn.o_proj", Um), ("mlp.down_proj", Un)):
-            out[f"{p}.{op}.weight"] = basis.t() @ D(f"{p}.{op}.weight")
-            if f"{p}.{op}.bias" in dense:
-                out[f"{p}.{op}.bias"] = D(f"{p}.{op}.bias") @ basis
-        if not shared:
-            out[f"{p}.attn_shortcut"] = Ua.t() @ Um
-        out[f"{p}.mlp_shortcut"] = Um.t() @ Un
+        p = adapter.layer_prefix(i)
+        layer = sliced_layer_tensors(dense, p, U[2 * i], U[2 * i + 1], U[2 * i + 2], shared,
+                                     in_proj=tied_scale is not None and i == 0)
+        out.update({f"{p}.{name}": t for name, t in layer.items()})
     return out
 
 

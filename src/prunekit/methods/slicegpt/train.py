@@ -8,22 +8,31 @@ p_sliced(U) is the sliced model (layers.py) with its weights written as function
 frozen dense weights; z(U) = n(h_L) (U_a^L)ᵀ its final hidden state taken back to the original basis, so
 the dense head gives its logits. Cayley SGD / Adam steps from geoopt (rotation/stiefel.py), loss and
 schedule from RotPruner (methods/rotpruner/train.py). Starts from the PCA bases.
+
+With `checkpoint_layers`, each decoder layer runs under activation checkpointing and computes its own sliced
+weights inside from its bases (U_a^l, U_m^l, U_a^{l+1}) and the frozen dense weights, kept in the model's
+dtype: the backward pass keeps only each layer's input and recomputes the rest, instead of holding every
+layer's fp32 weights, their fp32 dense factors and activations at once (Llama-3.1-8B widths, bf16, 2048
+tokens: 1.6 GiB a layer instead of 4.2, most of it the bases' fp64 optimizer state; 62.5 GiB peak at 32
+layers). Same arithmetic, same loss; the bases' gradients differ by summation order only.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ...engine import OFFLOAD
 from ...models.adapters import get_adapter
 from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
 from ...rotation.training import TrainingLog, distillation_loss, lr_schedule, mean, window_batches
-from .layers import restructure, sliced_tensors
+from .layers import restructure, sliced_layer_tensors
 
 
 class _DenseHead:
@@ -34,6 +43,34 @@ class _DenseHead:
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.weight.t()
+
+
+@contextmanager
+def _checkpointed(layers: list[nn.Module], tensors, U: list[torch.Tensor]):
+    """Within: decoder layer l runs under activation checkpointing with its parameters
+    `tensors(l, U_a^l, U_m^l, U_a^{l+1})` computed inside, the three bases explicit inputs of the checkpoint
+    (so that the recomputation in backward has them and their gradients flow)."""
+    inside: set[int] = set()  # layers whose checkpointed function is running
+
+    for l, layer in enumerate(layers):
+        def run(Ua, Um, Un, *args, l=l, layer=layer, **kwargs):
+            inside.add(l)
+            try:
+                return functional_call(layer, tensors(l, Ua, Um, Un), args, kwargs, strict=False)
+            finally:
+                inside.discard(l)
+
+        def forward(*args, l=l, layer=layer, run=run, **kwargs):
+            if l in inside:  # the call from `run` itself: the layer's own forward
+                return type(layer).forward(layer, *args, **kwargs)
+            return checkpoint(run, *U[2 * l: 2 * l + 3], *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute: the class's forward shows again
 
 
 def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor], windows: torch.Tensor,
@@ -58,17 +95,24 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
         z_teacher = torch.cat([backbone(input_ids=b.to(device), use_cache=False).last_hidden_state.float().cpu()
                                for b in windows[:, :tokens].split(config.train_batch)])
     log.teacher_seconds = time.perf_counter() - t0
-    dense = {name: t.to(device, torch.float32) for name, t in dense.items()}
+    # the model's dtype: sliced_layer_tensors converts one tensor at a time to the bases' fp32
+    dense = {name: t.to(device) for name, t in dense.items()}
     tied = tied_scale is not None
     shared = bool(getattr(config, "shared_layer_basis", False))
     restructure(model, [b.shape[1] for b in bases], tied=tied, shared=shared)
     model.to(device)
     model.requires_grad_(False)
-    head = _DenseHead(dense[adapter.head_path + ".weight"])
+    head = _DenseHead(dense[adapter.head_path + ".weight"].float())
     embed_name = adapter.embedding_paths[0] + ".weight"
     names = {id(m): name for name, m in model.named_modules()}
     prefix = names[id(backbone)] + "." if names[id(backbone)] else ""
     embed = model.get_submodule(adapter.embedding_paths[0])
+    layers = list(adapter.layers())
+    prefixes = [adapter.layer_prefix(i) for i in range(len(layers))]
+
+    def layer_tensors(i: int, Ua, Um, Un) -> dict[str, torch.Tensor]:
+        # tied: the whole table stays; layer 0 projects it on U_a^0 (in_proj)
+        return sliced_layer_tensors(dense, prefixes[i], Ua, Um, Un, shared, in_proj=tied and i == 0)
 
     geoopt = _geoopt()
     # a shared layer basis is one parameter: U_m^l (odd index) is the frame of U_a^l (the index before)
@@ -90,19 +134,24 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
         z_dense = z_teacher[batch].to(device)
 
         U = [f.float() for f in frames]
-        overrides = {name.removeprefix(prefix): t for name, t in sliced_tensors(model, dense, U, False).items()}
-        if tied:  # the whole table stays; layer 0 projects on U_a^0, the final norm maps back by (U_a^L)ᵀ
-            overrides[adapter.layer_prefix(0).removeprefix(prefix) + ".in_proj"] = U[0]
+        overrides = {}
+        if not config.checkpoint_layers:  # every layer's tensors now, held for the backward pass
+            for i, p in enumerate(prefixes):
+                overrides |= {f"{p}.{name}".removeprefix(prefix): t
+                              for name, t in layer_tensors(i, *U[2 * i: 2 * i + 3]).items()}
+        if tied:  # the final norm maps back to the whole table's basis by (U_a^L)ᵀ
             overrides[adapter.final_norm_path.removeprefix(prefix) + ".out_proj"] = U[-1].t()
         else:
             overrides[embed_name.removeprefix(prefix)] = dense[embed_name]
-        handle = None if tied else embed.register_forward_hook(lambda mod, args, out: out @ U[0])
+        # the sliced stream in the bases' dtype (fp32) from the table's (the model's) dtype; untied: x = E[ids] U_a^0
+        handle = embed.register_forward_hook(lambda mod, args, out: out.to(U[0].dtype) if tied
+                                             else out.to(U[0].dtype) @ U[0])
         try:
-            out = functional_call(backbone, overrides, args=(), kwargs={"input_ids": ids, "use_cache": False},
-                                  strict=False)
+            with _checkpointed(layers, layer_tensors, U) if config.checkpoint_layers else nullcontext():
+                out = functional_call(backbone, overrides, args=(), kwargs={"input_ids": ids, "use_cache": False},
+                                      strict=False)
         finally:
-            if handle is not None:
-                handle.remove()
+            handle.remove()
         z = out.last_hidden_state if tied else out.last_hidden_state @ U[-1].t()
         loss, kl, mse = distillation_loss(head, z.float(), z_dense, config)
         optimizer.zero_grad(set_to_none=True)
