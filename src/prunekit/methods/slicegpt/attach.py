@@ -11,7 +11,7 @@ from ...checkpoints import RunCheckpoint
 from ...engine import OFFLOAD, PruneResult
 from ...rotation import make_rotation_invariant, orthonormality_error
 from .layers import (check_sliceable, dense_tensors, is_sliced, load_sliced, parameter_count, restructure,
-                     sliced_tensors, tied_scale)
+                     sliced_parts, tied_scale)
 from .config import RotPrunerStructuredConfig
 from .pca import pca_bases, sliced_width
 from .train import learn_bases
@@ -67,10 +67,11 @@ def slicegpt(model, config, calib: torch.Tensor, *, device="cpu", batch_size: in
                                                for U, P in zip(bases, pca))  # Frobenius, per basis
     t1 = time.perf_counter()
     model.to(OFFLOAD)
-    bases = [U.detach().to(OFFLOAD, torch.float64) for U in bases]
+    bases = [U.detach().to(device, torch.float64) for U in bases]
     if not is_sliced(model):
         restructure(model, [U.shape[1] for U in bases], tied=g is not None, shared=shared)
-    load_sliced(model, sliced_tensors(model, dense, bases, tied_scale=g))  # the fusion in float64
+    for part in sliced_parts(model, dense, bases, tied_scale=g):  # the fusion in float64 on the device, a layer at a time
+        load_sliced(model, part)
     details["format"] = model.config.prunekit_sliced
     result.timings["pruning"] = time.perf_counter() - t1
     result.parameters_after = parameter_count(model)

@@ -29,6 +29,8 @@ z = RMSN(x) (U_a^L)ᵀ diag(g) (`out_proj`, k × d; g the final norm's scale), s
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -222,6 +224,13 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
     are left out (training applies U_a^0 and U_a^L to their activations instead: cheaper for a large vocabulary).
     `tied_scale` (tied models: the final norm's scale g) gives `in_proj` and `out_proj` instead of the
     sliced table and head."""
+    return {name: t for part in sliced_parts(model, dense, bases, embed_and_head, tied_scale) for name, t in part.items()}
+
+
+def sliced_parts(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor],
+                 embed_and_head: bool = True, tied_scale: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """sliced_tensors' tensors in parts, each computed when asked for: those outside the decoder layers, then one
+    layer's at a time (so that a caller that stores each part holds one layer's products, not the model's)."""
     adapter = get_adapter(model)
     U = bases
     shared = is_shared(model)
@@ -231,12 +240,12 @@ def sliced_tensors(model: nn.Module, dense: dict[str, torch.Tensor], bases: list
     elif embed_and_head:
         for path, basis in ((adapter.embedding_paths[0], U[0]), (adapter.head_path, U[-1])):
             out[path + ".weight"] = dense[path + ".weight"].to(basis.device, basis.dtype) @ basis
+    yield out
     for i in range(len(adapter.layers())):
         p = adapter.layer_prefix(i)
         layer = sliced_layer_tensors(dense, p, U[2 * i], U[2 * i + 1], U[2 * i + 2], shared,
                                      in_proj=tied_scale is not None and i == 0)
-        out.update({f"{p}.{name}": t for name, t in layer.items()})
-    return out
+        yield {f"{p}.{name}": t for name, t in layer.items()}
 
 
 @torch.no_grad()
