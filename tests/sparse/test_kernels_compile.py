@@ -63,3 +63,13 @@ def test_spmm24_fp8_compiles_for_sm80_and_sm90(arch):
     cubin = compile_for_hopper(triton_fp8._spmm24_fp8_kernel, sig,
                                {"BLOCK_N": 32, "BLOCK_K": 128, "HAS_BIAS": True}, arch=arch)
     assert len(cubin) > 0
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_per_token_quantizer_compiles_for_sm80_and_sm90(arch, dtype):
+    from prunekit.quantize import per_token
+
+    sig = {"x_ptr": f"*{dtype}", "q_ptr": "*u8", "s_ptr": "*fp32", "K": "i32", "stride_x": "i32", "stride_q": "i32"}
+    cubin = compile_for_hopper(per_token._per_token_kernel, sig, {"FP8_MAX": 448.0, "BLOCK": 1024}, arch=arch)
+    assert len(cubin) > 0

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..sparse.paths import note
-from .fp8 import ACTIVATIONS, dequantize_fp8, fp8_linear, quantize_fp8, quantize_per_token
+from . import per_token
+from .fp8 import ACTIVATIONS, dequantize_fp8, fp8_linear, quantize_fp8
 
 
 class KeepsFP8(nn.Module):
@@ -84,7 +85,7 @@ class LinearFP8(KeepsFP8):
 
     def _scaled_mm(self, x2: torch.Tensor) -> torch.Tensor | None:
         """torch._scaled_mm with row-wise scales (per token, per output channel), or None where it is refused."""
-        xq, sx = quantize_per_token(x2)
+        xq, sx = per_token.quantize(x2)
         try:
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=sx, scale_b=self.weight_scale.unsqueeze(0),
                                  out_dtype=torch.bfloat16)

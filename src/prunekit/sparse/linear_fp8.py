@@ -3,8 +3,9 @@
 It holds `values` [out, in/2] float8_e4m3fn and `meta` [out, in/8] (packing.py's 2:4 layout), `weight_scale` [out]
 fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Qᵀ · s_x · s + b. Paths:
 - `cslt_fp8` (a CUDA GPU with FP8 tensor cores whose torch build lets cuSPARSELt take float8_e4m3fn): each token
-  quantized to FP8, then torch._cslt_sparse_mm(W, x̂ᵀ, alpha=s), cuSPARSELt scaling each output channel by its
-  alpha, and the per-token scales and the bias applied to its [out, rows] result. The weight is compressed for
+  quantized to FP8 (quantize.per_token), then torch._cslt_sparse_mm(W, x̂ᵀ) in bf16, and the per-token scales,
+  the per-channel scales s and the bias applied to its [out, rows] result (cuSPARSELt 0.8.0 refuses s as its
+  per-channel alpha for FP8 on an H100). The weight is compressed for
   cuSPARSELt on the first call; as in SparseLinear24, `values` then becomes a view into that buffer when the
   buffer starts with exactly them. Rows are padded to a multiple of 16.
 - `triton_fp8` (≤ 16 rows, any CUDA GPU with Triton): triton_fp8.spmm24_fp8 reads the packed E4M3 bytes and indices
@@ -23,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..quantize.fp8 import dequantize_fp8, fp8_linear, quantize_per_token
+from ..quantize import per_token
+from ..quantize.fp8 import dequantize_fp8, fp8_linear
 from ..quantize.linear import KeepsFP8, LinearFP8, check_activations, fp8_tensor_cores
 from . import timing, triton_fp8
 from .linear import SparseLinear24, cusparselt_available
@@ -139,7 +141,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
     def _triton(self, x2: torch.Tensor) -> torch.Tensor | None:
         """triton_fp8.spmm24_fp8 on the packed FP8 weight, or None (recorded) where Triton cannot build it here."""
         try:
-            xq, sx = quantize_per_token(x2)
+            xq, sx = per_token.quantize(x2)
             return triton_fp8.spmm24_fp8(xq, sx, self.values, self.meta, self.weight_scale, self.bias,
                                          out_dtype=x2.dtype)
         except Exception as err:  # a GPU or Triton build the kernel does not compile for
@@ -151,15 +153,16 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         """The cuSPARSELt FP8 product, or None (recorded in `paths`) where this GPU or torch build refuses it."""
         try:
             self._prepare_fp8()
-            xq, sx = quantize_per_token(x2)
+            xq, sx = per_token.quantize(x2)
             rows = x2.shape[0]
-            y = torch._cslt_sparse_mm(self._compressed, self._pad(xq).t(), alpha=self.weight_scale,
-                                      out_dtype=torch.bfloat16)  # [out, padded rows], each row scaled by s
+            y = torch._cslt_sparse_mm(self._compressed, self._pad(xq).t(), out_dtype=torch.bfloat16)  # [out, padded rows]
         except (RuntimeError, TypeError, NotImplementedError) as err:  # what a build without FP8 support raises
             self._fp8_refused = True
             self._note("cuda", "reference", f"cuSPARSELt refused FP8: {str(err).strip().splitlines()[0][:160]}")
             return None
-        y = y[:, :rows].t() * sx
+        # s after the product, not as cuSPARSELt's per-channel alpha (0.8.0 refuses ALPHA_VECTOR_SCALING with FP8 on an
+        # H100): s is a power of two, so scaling the rounded bf16 result equals rounding the scaled one
+        y = y[:, :rows].t() * sx * self.weight_scale
         if self.bias is not None:
             y = y + self.bias
         return y.to(x2.dtype).contiguous()
