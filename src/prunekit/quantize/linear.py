@@ -2,8 +2,8 @@
 
 On CPU (and wherever no FP8 kernel runs) it computes `fp8.fp8_linear`, the exact fp32 reference. On a CUDA GPU
 with FP8 tensor cores (compute capability ≥ 8.9) and per-token activations it runs `torch._scaled_mm` with row-wise
-scales; a GPU or torch build that refuses it falls back to the reference, and `paths` says so. (Not yet measured
-on a GPU: BENCHMARKS.md has no FP8 figures.) 2:4 weights in FP8 run as sparse/linear_fp8.py's SparseLinear24FP8.
+scales (inputs quantized by quantize/per_token.py's one-pass kernel); a GPU or torch build that refuses it falls back
+to the reference, and `paths` says so (end-to-end speed: BENCHMARKS.md, issue 25). 2:4 weights in FP8 run as sparse/linear_fp8.py's SparseLinear24FP8.
 """
 
 from __future__ import annotations
