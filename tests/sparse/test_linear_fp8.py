@@ -66,7 +66,8 @@ def test_cuda_path_matches_the_reference(rows):
     dense_cuda = dense.cuda()
     assert ((dense_cuda(x).float() - ref).norm() / ref.norm()) < 1e-2, dense_cuda.paths
     if torch.cuda.get_device_capability() >= (9, 0):  # Hopper: the kernels must be the ones that ran, not a fallback
-        fastest = {"triton_fp8", "cslt_fp8"} if rows <= 16 else {"cslt_fp8"}  # ≤ 16 rows: the faster of the two
+        # the fastest of those offered: gemv_fp8 for 1 row, triton_fp8 up to 16, cslt_fp8 always
+        fastest = {"cslt_fp8"} | ({"triton_fp8"} if rows <= 16 else set()) | ({"gemv_fp8"} if rows == 1 else set())
         assert sparse.paths[f"cuda, rows={rows}"][0] in fastest and "cuda" not in sparse.paths, sparse.paths
         assert dense_cuda.paths["cuda"][0] == "scaled_mm", dense_cuda.paths
 
@@ -146,3 +147,74 @@ def test_fp8_path_choice_times_refuses_and_hands_over(monkeypatch):
     monkeypatch.setattr(layer, "_fp8_candidates", lambda x2: ["triton_fp8", "cslt_fp8"])
     assert layer._cuda_fp8(torch.zeros(5, 64)).item() == 1.0
     assert linear_fp8.FP8_PLANS[(48, 64, 5)] == "triton_fp8" and "cslt_fp8 refused" in layer.paths["cuda, rows=5"][1]
+
+
+@pytest.mark.parametrize("capability,rows,offered", [((9, 0), 1, True), ((8, 9), 1, True), ((8, 6), 1, False),
+                                                     ((8, 0), 1, False), ((9, 0), 2, False), ((9, 0), 16, False)])
+def test_gemv_fp8_is_offered_for_one_row_from_compute_capability_8_9(monkeypatch, capability, rows, offered):
+    """The 1-row FP8 kernel is a candidate for exactly 1 row on GPUs of compute capability ≥ 8.9 (its PTX decodes E4M3
+    with an sm_89 instruction), first in the list, so that a capture before any timing still takes cuSPARSELt (last)."""
+    from types import SimpleNamespace
+
+    from prunekit.sparse import linear_fp8, triton_fp8
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(linear_fp8, "cusparselt_available", lambda: True)
+    monkeypatch.setattr(triton_fp8, "available", lambda: True)
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear())
+    x2 = SimpleNamespace(shape=(rows, 64), device=torch.device("cuda"))  # a stand-in: only shape and device are read
+    fp8 = capability >= (8, 9)
+    assert layer._fp8_candidates(x2) == ["gemv_fp8"] * offered + ["triton_fp8"] + ["cslt_fp8"] * fp8
+    layer._gemv_refused = True
+    assert "gemv_fp8" not in layer._fp8_candidates(x2)
+
+
+def test_gemv_fp8_is_timed_against_the_others_and_hands_over(monkeypatch):
+    """With three FP8 kernels for 1 row the fastest is kept and recorded with all three timings; when it refuses later
+    the next candidate takes the call (kernels replaced by stand-ins, as in the test above)."""
+    from prunekit.sparse import linear_fp8, timing
+
+    monkeypatch.setattr(linear_fp8, "FP8_PLANS", {})
+    monkeypatch.setattr(linear_fp8, "FP8_REASONS", {})
+    monkeypatch.setattr(timing, "cold_timer", lambda device: lambda call: call().item())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear())
+    ms = {"gemv_fp8": 0.5, "triton_fp8": 1.0, "cslt_fp8": 2.0}
+    refused = {"gemv_fp8": False, "triton_fp8": False, "cslt_fp8": False}
+    monkeypatch.setattr(layer, "_fp8_candidates", lambda x2: [p for p in ms if not refused[p]])
+    monkeypatch.setattr(layer, "_run_fp8", lambda path, x2: None if refused[path] else torch.tensor(ms[path]))
+    x = torch.zeros(1, 64)
+    assert layer._cuda_fp8(x).item() == 0.5
+    path, reason = layer.paths["cuda, rows=1"]
+    assert path == "gemv_fp8" == linear_fp8.FP8_PLANS[(48, 64, 1)]
+    assert all(f"{p} {t:.4f} ms" in reason for p, t in ms.items())
+    refused["gemv_fp8"] = True  # e.g. the kernel refuses on another GPU: the next candidate takes the call
+    monkeypatch.setattr(layer, "_fp8_candidates", lambda x2: list(ms))
+    assert layer._cuda_fp8(x).item() == 1.0
+
+
+@pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed (runs its interpreter on CPU)")
+def test_layer_runs_gemv_fp8_and_records_its_refusal(monkeypatch):
+    """The layer's gemv_fp8 path quantizes the row and runs gemv24_fp8 with the launch configuration tuned for its shape
+    (here its EMULATE branch in Triton's interpreter, against the CPU reference path); where tuning finds no
+    configuration that compiles, the path refuses, records why and is not offered again."""
+    from prunekit.sparse import triton_decode, triton_fp8
+
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear(out=20, inp=96))
+    monkeypatch.setattr(triton_decode, "TUNED", {triton_fp8.gemv_key(layer.values): {"BLOCK_N": 8, "BLOCK_B": 8,
+                                                                                      "num_warps": 1}})
+    x = torch.randn(1, 96)
+    with triton_interpreter.interpreted(triton_fp8):
+        y = layer._run_fp8("gemv_fp8", x)
+    ref = layer(x)  # CPU: fp8_linear, the exact product
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+    monkeypatch.setattr(triton_decode, "TUNED", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def no_config(*args, **kwargs):
+        raise RuntimeError("no gemv_fp8 launch configuration compiled for this GPU (86 rejected; last: ...)")
+
+    monkeypatch.setattr(triton_fp8, "tune_gemv", no_config)
+    assert layer._run_fp8("gemv_fp8", x) is None and layer._gemv_refused and not layer._triton_refused
+    assert "gemv_fp8 refused: no gemv_fp8 launch configuration" in layer.paths["cuda"][1]

@@ -10,9 +10,12 @@ fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Q
   buffer starts with exactly them. Rows are padded to a multiple of 16.
 - `triton_fp8` (≤ 16 rows, any CUDA GPU with Triton): triton_fp8.spmm24_fp8 reads the packed E4M3 bytes and indices
   directly (decode: 0.3125× the bytes of the dense bf16 weight).
-  Where both run, the first call of each row count times both in a CUDA graph with the L2 cache flushed and the
-  faster one is kept for that (shape, rows) (FP8_PLANS); a call captured before that timing takes cslt_fp8
-  untimed; a path that refuses hands the call to the other.
+- `gemv_fp8` (1 row, compute capability ≥ 8.9, Triton): triton_fp8.gemv24_fp8, the 1-row kernel in gemv24's form
+  (byte permutes pick x̂, PTX decodes E4M3 pairs: sm_89 on); its launch configuration is tuned for the shape on
+  its first eager call (triton_fp8.tune_gemv). Not yet measured on a GPU.
+  Where several run, the first call of each row count times them in a CUDA graph with the L2 cache flushed and the
+  fastest is kept for that (shape, rows) (FP8_PLANS); a call captured before that timing takes cslt_fp8
+  untimed; a path that refuses hands the call to the next.
 - `reference` (CPU; a GPU, torch or cuSPARSELt that refuses FP8; activations "none"): fp8.fp8_linear on the
   unpacked weight, the exact fp32 product that every kernel is checked against.
 Each choice is recorded in `paths` like SparseLinear24's (linear.kernel_paths lists both). End-to-end speed:
@@ -27,12 +30,12 @@ import torch.nn as nn
 from ..quantize import per_token
 from ..quantize.fp8 import dequantize_fp8, fp8_linear
 from ..quantize.linear import KeepsFP8, LinearFP8, check_activations, fp8_tensor_cores
-from . import timing, triton_fp8
+from . import timing, triton_decode, triton_fp8
 from .linear import SparseLinear24, cusparselt_available
 from .packing import is_24, pack_24, unpack_24
 
-#: (out, in, rows) → the FP8 path that timed faster there ("triton_fp8" or "cslt_fp8"), shared by layers of that shape;
-#: FP8_REASONS keeps the timings behind each choice
+#: (out, in, rows) → the FP8 path that timed fastest there ("gemv_fp8", "triton_fp8" or "cslt_fp8"), shared by layers of
+#: that shape; FP8_REASONS keeps the timings behind each choice
 FP8_PLANS: dict[tuple[int, int, int], str] = {}
 FP8_REASONS: dict[tuple[int, int, int], str] = {}
 
@@ -49,6 +52,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         self.register_buffer("weight_scale", weight_scale)
         self._fp8_refused = False  # set once cuSPARSELt refused FP8 here: not retried on every call
         self._triton_refused = False  # likewise for the Triton FP8 kernel
+        self._gemv_refused = False  # and for the 1-row one
 
     @classmethod
     def from_linear(cls, linear: LinearFP8) -> "SparseLinear24FP8":
@@ -81,6 +85,9 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
 
     def _fp8_candidates(self, x2: torch.Tensor) -> list[str]:
         found = []
+        # gemv24_fp8 decodes E4M3 with a PTX conversion of sm_89 on: the GPUs that have FP8 tensor cores
+        if x2.shape[0] == 1 and not self._gemv_refused and triton_fp8.available() and fp8_tensor_cores(x2.device):
+            found.append("gemv_fp8")
         if not self._triton_refused and triton_fp8.available() and x2.shape[0] <= triton_fp8.MAX_ROWS:
             found.append("triton_fp8")
         if not self._fp8_refused and fp8_tensor_cores(x2.device) and cusparselt_available():
@@ -114,7 +121,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         return None
 
     def _time_fp8(self, x2: torch.Tensor, candidates: list[str], key: tuple) -> tuple[str | None, str]:
-        """The faster FP8 path for this row count, timed in a CUDA graph with the L2 cache flushed before each call
+        """The fastest FP8 path for this row count, timed in a CUDA graph with the L2 cache flushed before each call
         (timing.cold_timer: a warm cache would serve the weight), and why; (None, why) if every path refused."""
         time_cold, ms, refused = timing.cold_timer(x2.device), {}, {}
         for path in candidates:
@@ -136,17 +143,29 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         """`path` on x2, or None for a path this layer has seen refuse."""
         if path == "cslt_fp8":
             return None if self._fp8_refused else self._cslt_fp8(x2)
+        if path == "gemv_fp8":
+            return None if self._gemv_refused else self._triton(x2, one_row=True)
         return None if self._triton_refused else self._triton(x2)
 
-    def _triton(self, x2: torch.Tensor) -> torch.Tensor | None:
-        """triton_fp8.spmm24_fp8 on the packed FP8 weight, or None (recorded) where Triton cannot build it here."""
+    def _triton(self, x2: torch.Tensor, one_row: bool = False) -> torch.Tensor | None:
+        """triton_fp8.spmm24_fp8 (or, one_row, gemv24_fp8, its launch configuration tuned on its first eager call) on
+        the packed FP8 weight, or None (recorded) where Triton cannot build it here."""
         try:
             xq, sx = per_token.quantize(x2)
-            return triton_fp8.spmm24_fp8(xq, sx, self.values, self.meta, self.weight_scale, self.bias,
+            if not one_row:
+                return triton_fp8.spmm24_fp8(xq, sx, self.values, self.meta, self.weight_scale, self.bias,
+                                             out_dtype=x2.dtype)
+            if triton_fp8.gemv_key(self.values) not in triton_decode.TUNED and not torch.cuda.is_current_stream_capturing():
+                triton_fp8.tune_gemv(self.values, self.meta, self.weight_scale)
+            return triton_fp8.gemv24_fp8(xq, sx, self.values, self.meta, self.weight_scale, self.bias,
                                          out_dtype=x2.dtype)
         except Exception as err:  # a GPU or Triton build the kernel does not compile for
-            self._triton_refused = True
-            self._note("cuda", "reference", f"Triton FP8 kernel refused: {str(err).strip().splitlines()[0][:160]}")
+            if one_row:
+                self._gemv_refused = True
+            else:
+                self._triton_refused = True
+            self._note("cuda", "reference", f"Triton FP8 kernel {'gemv_fp8' if one_row else 'triton_fp8'} refused: "
+                       f"{str(err).strip().splitlines()[0][:160]}")
             return None
 
     def _cslt_fp8(self, x2: torch.Tensor) -> torch.Tensor | None:

@@ -32,9 +32,10 @@ GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
                 for n in (1, 2, 4, 8) for bb in (64, 128, 256) for w in (1, 2, 4, 8) for st in (2, 3)
                 if 32 * w <= n * bb <= 32 * 32 * w]  # 1 to 32 bytes per thread
 GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # the tuned best for 4096×4096 (BENCHMARKS.md)
-#: best launch configuration per (out, in, rows), filled by `tune` (measured on the device in use)
-TUNED: dict[tuple[int, int, int], dict] = {}
-#: per TUNED key, the configurations `tune` could not run: {"count": how many, "last": the last one and why}
+#: best launch configuration per (out, in, rows) for spmm24, (out, in, "gemv", dtype) for gemv24 and (out, in, "gemv_fp8")
+#: for triton_fp8.gemv24_fp8, filled by `time_configs` (measured on the device in use)
+TUNED: dict[tuple, dict] = {}
+#: per TUNED key, the configurations `time_configs` could not run: {"count": how many, "last": the last one and why}
 REJECTED: dict[tuple, dict] = {}
 CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": st}
            for n in (16, 32, 64) for k in (128, 256) for s in (1, 2) for st in (2, 4)]
@@ -98,6 +99,14 @@ if triton is not None:
 
 
 if triton is not None:
+    # The index byte in register M, i0a | i1a << 2 | i0b << 4 | i1b << 6, spread into the nibbles of register c,
+    # i0a | i1a << 4 | i0b << 8 | i1b << 12 (scratch register t); shared with triton_fp8's FP8 1-row kernel.
+    _SPREAD = """shl.b32 t, M, 4;
+    or.b32 t, t, M;
+    and.b32 t, t, 0x0F0F;
+    shl.b32 c, t, 2;
+    or.b32 c, c, t;
+    and.b32 c, c, 0x3333;"""
     # One index byte covers two groups a, b (inputs 8j..8j+7) and their 4 kept values. Its 2-bit indices
     # i0a i1a i0b i1b are spread into nibbles c = i0a | i1a << 4 | i0b << 8 | i1b << 12 (two shift-or-and),
     # a byte permute through the table 0x76543210 turns each index i into the selector byte of x's fp16
@@ -111,12 +120,7 @@ if triton is not None:
     _PICK = """{
     .reg .b32 t, c, s, lut, pa, pb, p, z;
     .reg .b16 lo, hi;
-    shl.b32 t, $4, 4;
-    or.b32 t, t, $4;
-    and.b32 t, t, 0x0F0F;
-    shl.b32 c, t, 2;
-    or.b32 c, c, t;
-    and.b32 c, c, 0x3333;
+    """ + _SPREAD.replace("M", "$4") + """
     mov.b32 lut, 0x76543210;
     prmt.b32 s, lut, 0, c;
     prmt.b32 pa, $5, $6, s;
@@ -263,11 +267,17 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     fn = gemv24 if kernel == "gemv" else spmm24
     key = (values.shape[0], 2 * values.shape[1], "gemv", values.dtype) if kernel == "gemv" else \
         (values.shape[0], 2 * values.shape[1], rows)
+    return time_configs(key, kernel, lambda cfg: [lambda v=v, m=m: fn(x, v, m, config=cfg) for v, m in weights],
+                        configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS))
+
+
+def time_configs(key: tuple, kernel: str, calls, configs: list[dict]) -> tuple[dict, float]:
+    """The fastest of `configs`, timed as `calls(cfg)` (the kernel on each weight copy), kept in TUNED[key]; the
+    configurations that could not run are counted in REJECTED[key]. Returns (best config, its milliseconds)."""
     timings, rejected, last = [], 0, ""
-    for cfg in configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS):
-        calls = [lambda v=v, m=m, cfg=cfg: fn(x, v, m, config=cfg) for v, m in weights]
+    for cfg in configs:
         try:
-            timings.append((timing.time_calls(calls, repeats=10), cfg))
+            timings.append((timing.time_calls(calls(cfg), repeats=10), cfg))
         except Exception as e:  # a configuration the compiler rejects (e.g. out of shared memory) is skipped
             rejected += 1
             last = f"{cfg}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
