@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from conftest import random_windows, save_tiny, tiny_llama, tiny_opt
 from prunekit import RotPrunerStructuredConfig, SliceGPTConfig, UsageError, load_model, prune
@@ -301,9 +302,15 @@ def _first_step(model, monkeypatch, **config):
 def test_checkpointed_layers_give_the_same_step(tied, shared, monkeypatch):
     """Each layer checkpointed, its sliced weights computed inside: the same loss and, up to the summation
     order, the same gradients of the bases as every layer's weights held for the backward pass."""
+    import prunekit.models.recompute as recompute
+
+    calls = []
+    monkeypatch.setattr(recompute, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
     make = (lambda: _tied_llama(2)) if tied else (lambda: _scaled_norms(tiny_llama(layers=2)))
     loss, grads = _first_step(make(), monkeypatch, shared_layer_basis=shared, checkpoint_layers=True)
+    checkpointed = len(calls)
     loss_ref, grads_ref = _first_step(make(), monkeypatch, shared_layer_basis=shared, checkpoint_layers=False)
+    assert checkpointed >= 2 and len(calls) == checkpointed  # every layer checkpointed, and only with the flag
     assert loss == loss_ref and len(grads) == len(grads_ref) == (3 if shared else 5)
     for g, ref in zip(grads, grads_ref):
         assert ref.abs().max() > 0 and (g - ref).norm() <= 1e-6 * ref.norm()

@@ -93,9 +93,9 @@ def test_checkpointed_view_gives_the_same_loss_and_gradient(model, monkeypatch):
         keep = W.detach().abs() >= W.detach().abs().median()
         return W * keep
 
-    import prunekit.rotation.view as view_module
+    import prunekit.models.recompute as recompute_module
     calls = []
-    monkeypatch.setattr(view_module, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    monkeypatch.setattr(recompute_module, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
     results = []
     for checkpoint_layers in (False, True):
         Q = Q0.clone().requires_grad_(True)

@@ -13,21 +13,22 @@ With residual rotations (rotation/residual.py) the operators of a rotated block 
 instead of Q (W_in R_b, R_bᵀ W_out, b R_b) and the block computes with the products n(h) A_g and o_b A_gᵀ
 (`residual.block_products`, the rule the installed model uses), A_g differentiable as Q is.
 
-With `checkpoint_layers`, each decoder layer runs under activation checkpointing and rotates its own
-weights inside: the backward pass keeps only each layer's input and recomputes the rest, instead of holding
-every layer's rotated fp32 weights at once (≈ 0.9 GB a layer at 8B widths). Same arithmetic, same result.
+With `checkpoint_layers`, each decoder layer is recomputed in the backward pass and rotates its own weights
+there (models/recompute.py): the backward pass keeps only each layer's input instead of every layer's rotated
+fp32 weights at once (≈ 0.9 GB a layer at 8B widths). Same arithmetic, same result.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
 from ..models.adapters import get_adapter
+from ..models.recompute import recomputed_layers
 from . import residual
 from .invariant import ResidualStream, is_rotation_invariant
 
@@ -57,7 +58,6 @@ class RotatedForward:
         self.group_of = {path: b.group for b in self.blocks for path in (*b.readers, b.writer, b.writer + ".bias")}
         adapter = get_adapter(model)
         self.layers = {adapter.layer_prefix(i) + ".": layer for i, layer in enumerate(adapter.layers())}
-        self._inside: set[int] = set()  # layers whose checkpointed forward is running
 
     def _local(self, name: str) -> str:
         return name[len(self.prefix):] if name.startswith(self.prefix) else name
@@ -102,54 +102,32 @@ class RotatedForward:
         return {self._local(name): (b.to(Q.dtype) @ Q).to(b.dtype) for name, b in self.rows.items()
                 if not name.startswith(tuple(self.layers))}
 
-    def _checkpoint_layers(self, Q: torch.Tensor, transform: Transform | None, A: dict, QA: dict):
-        """Make each decoder layer run checkpointed with its own rotated weights; returns the undo function.
-        The block products are hooked inside `run`, so that the recomputation in backward has them too."""
-        for root, layer in self.layers.items():
-            blocks = [b for b in self.blocks if b.norm.startswith(root)]
-
-            def run(Q, *args, root=root, layer=layer, blocks=blocks, **kwargs):
-                self._inside.add(id(layer))
-                try:
-                    with residual.block_products(self.model, blocks, A):
-                        return functional_call(layer, self.rotated_weights(Q, transform, root, QA), args, kwargs,
-                                               strict=False)
-                finally:
-                    self._inside.discard(id(layer))
-
-            def forward(*args, run=run, layer=layer, **kwargs):
-                if id(layer) in self._inside:  # the call from `run` itself: the layer's own forward
-                    return type(layer).forward(layer, *args, **kwargs)
-                return checkpoint(run, Q, *args, use_reentrant=False, **kwargs)
-
-            layer.forward = forward
-
-        def undo():
-            for layer in self.layers.values():
-                del layer.forward  # the instance attribute: the class's forward shows again
-        return undo
+    def _recomputed(self, Q: torch.Tensor, transform: Transform | None, A: dict, QA: dict):
+        """Each decoder layer recomputed in backward with its own rotated weights (models/recompute.py); the block
+        products are hooked inside each layer's checkpoint, so that the recomputation has them too."""
+        roots, layers = list(self.layers), list(self.layers.values())
+        blocks = [[b for b in self.blocks if b.norm.startswith(root)] for root in roots]
+        return recomputed_layers(layers, lambda l: self.rotated_weights(Q, transform, roots[l], QA),
+                                 around=lambda l: residual.block_products(self.model, blocks[l], A))
 
     def __call__(self, input_ids: torch.Tensor, Q: torch.Tensor, transform: Transform | None = None,
                  A: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         A = A or {}
         QA = {g: Q @ Ag.to(Q.dtype) for g, Ag in A.items()}
-        undo = None
         if self.checkpoint_layers:
-            overrides, undo = self._outside_layers(Q), self._checkpoint_layers(Q, transform, A, QA)
+            overrides, layers = self._outside_layers(Q), self._recomputed(Q, transform, A, QA)
             products = residual.block_products(self.model, [], A)
         else:
-            overrides = self.rotated_weights(Q, transform, QA=QA)
+            overrides, layers = self.rotated_weights(Q, transform, QA=QA), nullcontext()
             products = residual.block_products(self.model, self.blocks, A)
         handles = [m.register_forward_hook(lambda mod, args, out: out @ Q.to(out.dtype)) for m in self.embeddings]
         try:
-            with products:
+            with products, layers:
                 out = functional_call(self.backbone, overrides, args=(),
                                       kwargs={"input_ids": input_ids, "use_cache": False}, strict=False)
         finally:
             for h in handles:
                 h.remove()
-            if undo:
-                undo()
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         return hidden @ Q.t().to(hidden.dtype)
 

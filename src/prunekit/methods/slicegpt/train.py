@@ -9,9 +9,9 @@ frozen dense weights; z(U) = n(h_L) (U_a^L)ᵀ its final hidden state taken back
 the dense head gives its logits. Cayley SGD / Adam steps from geoopt (rotation/stiefel.py), loss and
 schedule from RotPruner (methods/rotpruner/train.py). Starts from the PCA bases.
 
-With `checkpoint_layers`, each decoder layer runs under activation checkpointing and computes its own sliced
-weights inside from its bases (U_a^l, U_m^l, U_a^{l+1}) and the frozen dense weights, kept in the model's
-dtype: the backward pass keeps only each layer's input and recomputes the rest, instead of holding every
+With `checkpoint_layers`, each decoder layer is recomputed in the backward pass (models/recompute.py) and
+computes its own sliced weights there from its bases (U_a^l, U_m^l, U_a^{l+1}) and the frozen dense weights,
+kept in the model's dtype: the backward pass keeps only each layer's input and recomputes the rest, instead of holding every
 layer's fp32 weights, their fp32 dense factors and activations at once (Llama-3.1-8B widths, bf16, 2048
 tokens: 1.6 GiB a layer instead of 4.2, most of it the bases' fp64 optimizer state; 62.5 GiB peak at 32
 layers). Same arithmetic, same loss; the bases' gradients differ by summation order only.
@@ -20,16 +20,16 @@ layers). Same arithmetic, same loss; the bases' gradients differ by summation or
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ...engine import OFFLOAD
 from ...models.adapters import get_adapter
+from ...models.recompute import recomputed_layers
 from ...rotation.stiefel import _geoopt, make_optimizer, orthonormality_error
 from ...rotation.training import TrainingLog, distillation_loss, lr_schedule, mean, window_batches
 from .layers import restructure, sliced_layer_tensors
@@ -43,34 +43,6 @@ class _DenseHead:
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.weight.t()
-
-
-@contextmanager
-def _checkpointed(layers: list[nn.Module], tensors, U: list[torch.Tensor]):
-    """Within: decoder layer l runs under activation checkpointing with its parameters
-    `tensors(l, U_a^l, U_m^l, U_a^{l+1})` computed inside, the three bases explicit inputs of the checkpoint
-    (so that the recomputation in backward has them and their gradients flow)."""
-    inside: set[int] = set()  # layers whose checkpointed function is running
-
-    for l, layer in enumerate(layers):
-        def run(Ua, Um, Un, *args, l=l, layer=layer, **kwargs):
-            inside.add(l)
-            try:
-                return functional_call(layer, tensors(l, Ua, Um, Un), args, kwargs, strict=False)
-            finally:
-                inside.discard(l)
-
-        def forward(*args, l=l, layer=layer, run=run, **kwargs):
-            if l in inside:  # the call from `run` itself: the layer's own forward
-                return type(layer).forward(layer, *args, **kwargs)
-            return checkpoint(run, *U[2 * l: 2 * l + 3], *args, use_reentrant=False, **kwargs)
-
-        layer.forward = forward
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward  # the instance attribute: the class's forward shows again
 
 
 def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[torch.Tensor], windows: torch.Tensor,
@@ -147,7 +119,9 @@ def learn_bases(model: nn.Module, dense: dict[str, torch.Tensor], bases: list[to
         handle = embed.register_forward_hook(lambda mod, args, out: out.to(U[0].dtype) if tied
                                              else out.to(U[0].dtype) @ U[0])
         try:
-            with _checkpointed(layers, layer_tensors, U) if config.checkpoint_layers else nullcontext():
+            recomputed = recomputed_layers(layers, lambda l: layer_tensors(l, *U[2 * l: 2 * l + 3])) \
+                if config.checkpoint_layers else nullcontext()
+            with recomputed:
                 out = functional_call(backbone, overrides, args=(), kwargs={"input_ids": ids, "use_cache": False},
                                       strict=False)
         finally:
