@@ -68,18 +68,21 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--no-fp8", action="store_true", help="bf16 variants only")
+    p.add_argument("--compile", action="store_true", help="every variant through torch.compile (prunekit.eval.compiled)")
     p.add_argument("--device", default="cuda", help="cuda (cpu: a smoke test of the script, dense only)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
-    result = {"shape": args.shape, "layers": args.layers or SHAPES[args.shape]["layers"], "prompt_len": args.prompt_len,
+    result = {"shape": args.shape, "layers": args.layers or SHAPES[args.shape]["layers"], "compiled": args.compile,
+              "prompt_len": args.prompt_len,
               "gen_len": args.gen_len, "environment": environment(args.device, args.dtype),
               "cusparselt": torch.backends.cusparselt.version(), "batches": {}}
     t0 = time.time()
     for k in range(args.rounds):
         for batch in map(int, args.batches.split(",")):
             model = pruned_24_model(args.shape, args.layers, dtype, args.device)
-            report = bench(model, batch, args.prompt_len, args.gen_len, dtype, convert="all", fp8=not args.no_fp8)
+            report = bench(model, batch, args.prompt_len, args.gen_len, dtype, convert="all", fp8=not args.no_fp8,
+                           compile=args.compile)
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

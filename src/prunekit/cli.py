@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the same weights in FP8 (E4M3, per-channel scales, FP8 activations): dense "
                         "(torch._scaled_mm) and 2:4 (cuSPARSELt FP8, or the Triton FP8 kernel for <= 16 rows where "
                         "it timed faster)")
+    p.add_argument("--compile", action="store_true",
+                   help="run every variant through torch.compile (norms, rotary, residual adds fused; the 2:4 and FP8 "
+                        "layers eager behind one custom op): the first run of each variant compiles for minutes")
     p.add_argument("--output", default="bench.json", help="JSON file to write; the plot goes beside it as .png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with mask-aligned LoRA (LoSA), merge, save")
@@ -565,7 +568,8 @@ def cmd_bench(args) -> int:
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: directory {output.parent} does not exist")
     model, _ = load_model(args.model, dtype, device)
-    report = bench(model, args.batch, args.prompt_len, args.gen_len, dtype, convert=args.convert, fp8=args.fp8)
+    report = bench(model, args.batch, args.prompt_len, args.gen_len, dtype, convert=args.convert, fp8=args.fp8,
+                   compile=args.compile)
     if "note" in report:
         _log(report["note"])
     tmp = output.with_name(f".{output.name}.tmp")

@@ -9,7 +9,8 @@ End to end (`bench`), up to four variants of one 2:4 model: "dense" (as loaded),
 fp8=True "dense_fp8" (the same weights rounded to FP8 E4M3, per-channel scales, activations FP8 per token,
 torch._scaled_mm) and "sparse_fp8" (those FP8 weights packed 2:4, every one of them whatever `convert` says, on
 cuSPARSELt's FP8 kernel, or for ≤ 16 rows the Triton FP8 kernel where it timed faster). Each variant is measured
-with the others off the GPU, so its peak memory and `weights_mb` are its own.
+with the others off the GPU, so its peak memory and `weights_mb` are its own. With `compile`, every variant runs
+through eval.compiled (torch.compile, the kernel layers eager).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..models.adapters import attention_inputs
+from .compiled import compiled
 from ..patterns import keep_n_of_m
 from ..quantize.model import FP8Config, quantize
 from ..sparse.linear import SparseLinear24, convertible_shapes, kernel_paths, sparsify
@@ -67,24 +69,26 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
 
 @torch.no_grad()
 def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats: int = 10,
-                  graphed: bool | None = None) -> dict:
+                  graphed: bool | None = None, compile: bool = False) -> dict:
     """Prefill and decode throughput and peak memory of `model` at one batch size.
 
     Prefill: one forward over [batch, prompt_len] tokens without cache. Decode: `gen_len` steps of
     one token per sequence against a static KV cache that starts with `prompt_len` tokens (the cache
-    position is rewound before each timed run). On CUDA each step is replayed from a CUDA graph."""
+    position is rewound before each timed run). On CUDA each step is replayed from a CUDA graph. With
+    `compile`, both run eval.compiled's torch.compile of the model (kernel layers eager, the rest fused)."""
     from transformers import StaticCache
 
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     graphed = cuda if graphed is None else graphed
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device)
-    result = {"batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "graphed": graphed}
+    result = {"batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "graphed": graphed, "compiled": compile}
+    forward = compiled(model) if compile else model
 
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    prefill = lambda: model(input_ids=ids, use_cache=False)  # noqa: E731
+    prefill = lambda: forward(input_ids=ids, use_cache=False)  # noqa: E731
     run = graph(prefill) if graphed else prefill
     ms = median_ms(run, repeats)
     result.update(prefill_ms=ms, prefill_tokens_per_s=batch * prompt_len / ms * 1000)
@@ -102,7 +106,7 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
         position.fill_(prompt_len)
 
     def step():
-        model(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True)
+        forward(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True)
         position.add_(1)
 
     if cuda:
@@ -145,12 +149,12 @@ def weight_mb(model) -> float:
     return sum(storages.values()) / 2**20
 
 
-def measure_variant(model, batch: int, prompt_len: int, gen_len: int) -> dict:
+def measure_variant(model, batch: int, prompt_len: int, gen_len: int, compile: bool = False) -> dict:
     """measure_model's figures plus the variant's weight memory."""
-    return measure_model(model, batch, prompt_len, gen_len) | {"weights_mb": weight_mb(model)}
+    return measure_model(model, batch, prompt_len, gen_len, compile=compile) | {"weights_mb": weight_mb(model)}
 
 
-def fp8_variants(model, batch: int, prompt_len: int, gen_len: int) -> dict:
+def fp8_variants(model, batch: int, prompt_len: int, gen_len: int, compile: bool = False) -> dict:
     """"dense_fp8" and "sparse_fp8" of the module docstring, measured on a copy of `model` (whose linears are still
     nn.Linear) while `model` itself waits in host memory; returns their figures, how many layers were packed and
     the FP8 layers' kernel paths."""
@@ -160,10 +164,10 @@ def fp8_variants(model, batch: int, prompt_len: int, gen_len: int) -> dict:
     try:
         quantize(fp8, FP8Config(compensate=False))  # round to nearest: exact for weights already on the FP8 grid
         fp8.to(device)
-        out = {"dense_fp8": measure_variant(fp8, batch, prompt_len, gen_len)}
+        out = {"dense_fp8": measure_variant(fp8, batch, prompt_len, gen_len, compile)}
         out["kernel_paths_dense_fp8"] = kernel_paths(fp8)  # _scaled_mm, or the reference where it was refused
         out["layers_converted_fp8"] = sparsify_fp8(fp8)
-        out["sparse_fp8"] = measure_variant(fp8, batch, prompt_len, gen_len)
+        out["sparse_fp8"] = measure_variant(fp8, batch, prompt_len, gen_len, compile)
         out["kernel_paths_fp8"] = kernel_paths(fp8)
     finally:
         del fp8
@@ -174,7 +178,7 @@ def fp8_variants(model, batch: int, prompt_len: int, gen_len: int) -> dict:
 
 
 def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype=torch.float16,
-          convert: str = "all", fp8: bool = False) -> dict:
+          convert: str = "all", fp8: bool = False, compile: bool = False) -> dict:
     """Dense vs 2:4 (and with `fp8` dense FP8 and 2:4 + FP8) per linear shape and end to end, the variants of the
     module docstring; on CPU the model as given only (the 2:4 and FP8 kernels need CUDA).
 
@@ -187,21 +191,21 @@ def bench(model, batch: int = 1, prompt_len: int = 512, gen_len: int = 32, dtype
     device = next(model.parameters()).device
     shapes = linear_shapes(model)
     report = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "shapes": shapes,
-              "convert": convert, "fp8": fp8}
+              "convert": convert, "fp8": fp8, "compiled": compile}
     if device.type != "cuda":
         report["note"] = "CPU: dense model only; the 2:4 and FP8 kernels (cuSPARSELt, Triton, _scaled_mm) need a CUDA GPU"
-        report["dense"] = measure_model(model, batch, prompt_len, gen_len, repeats=3)
+        report["dense"] = measure_model(model, batch, prompt_len, gen_len, repeats=3, compile=compile)
     else:
         tokens = sorted({1, batch, batch * prompt_len})
         report["linear"] = [compare_linear(out, inp, n, dtype) for out, inp in shapes for n in tokens]
-        report["dense"] = measure_variant(model, batch, prompt_len, gen_len)
+        report["dense"] = measure_variant(model, batch, prompt_len, gen_len, compile)
         if fp8:
-            report.update(fp8_variants(model, batch, prompt_len, gen_len))
+            report.update(fp8_variants(model, batch, prompt_len, gen_len, compile))
         faster = convertible_shapes(report["linear"])
         report["faster_shapes"] = sorted(faster)  # where every 2:4 kernel beat dense at every measured row count
         report["converted_shapes"] = shapes if convert == "all" else sorted(faster)
         report["layers_converted"] = sparsify(model, None if convert == "all" else faster, attention_inputs(model))
-        report["sparse"] = measure_variant(model, batch, prompt_len, gen_len)
+        report["sparse"] = measure_variant(model, batch, prompt_len, gen_len, compile)
     report["kernel_paths"] = kernel_paths(model)
     report["kernel_path_counts"] = path_counts(report["kernel_paths"])
     for variant in ("dense_fp8", "fp8"):

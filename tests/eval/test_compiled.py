@@ -1,0 +1,72 @@
+"""eval.compiled: a 2:4 model under torch.compile traces as one graph per input shape (no graph break at its
+kernel layers), gives the eager logits, and its kernel layers run eagerly through the custom op on every call.
+Dynamo's `aot_eager` backend stands in for Inductor (no C++ toolchain or minutes of compiling in the suite)."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from conftest import tiny_llama
+from prunekit.eval import compiled as compiled_module
+from prunekit.eval.speed import measure_model
+from prunekit.models.adapters import get_adapter
+from prunekit.patterns import keep_n_of_m
+from prunekit.sparse.linear import SparseLinear24, sparsify
+
+
+def _sparse_llama(layers: int = 3):
+    model = tiny_llama(layers=layers).eval()
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        for layer in adapter.layers():
+            for _, op in adapter.linears(layer):
+                op.weight.masked_fill_(~keep_n_of_m(op.weight.abs().float(), 2, 4), 0.0)
+    assert sparsify(model) == 7 * layers
+    return model
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_one_graph_per_shape_same_logits_layers_eager(fresh_dynamo, monkeypatch):
+    model = _sparse_llama()
+    calls = []
+    original = SparseLinear24.forward
+    monkeypatch.setattr(SparseLinear24, "forward", lambda self, x: calls.append(1) or original(self, x))
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = [model(ids).logits, model(ids[:, :1]).logits]
+        calls.clear()
+        fast = compiled_module.compiled(model, backend="aot_eager")
+        got = [fast(ids).logits, fast(ids[:, :1]).logits, fast(ids).logits]
+    assert counters["stats"]["unique_graphs"] == 2  # prefill and one-token shapes; no break at the 21 layers
+    assert len(calls) == 3 * 21  # every call of every kernel layer ran its own forward, eagerly
+    for a, b in zip(got, eager + eager[:1]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_measure_model_compiles_when_asked(fresh_dynamo, monkeypatch):
+    model = _sparse_llama(2)
+    used = []
+    monkeypatch.setattr("prunekit.eval.speed.compiled",
+                        lambda m: used.append(1) or compiled_module.compiled(m, backend="aot_eager"))
+    result = measure_model(model, batch=1, prompt_len=8, gen_len=2, repeats=1, compile=True)
+    assert used == [1] and result["compiled"] and result["decode_tokens_per_s"] > 0
+    assert measure_model(model, batch=1, prompt_len=8, gen_len=2, repeats=1)["compiled"] is False and used == [1]
+
+
+def test_a_freed_model_is_not_kept_alive(fresh_dynamo):
+    import gc
+    import weakref
+
+    model = _sparse_llama(1)
+    compiled_module.compiled(model, backend="aot_eager")
+    alive = weakref.ref(next(m for m in model.modules() if isinstance(m, SparseLinear24)))
+    del model
+    gc.collect()
+    assert alive() is None
