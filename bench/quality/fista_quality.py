@@ -1,7 +1,9 @@
 """FISTAPruner vs SparseGPT vs Wanda under the quick protocol Q, with FISTAPruner's ablations.
 
 SmolLM2-135M-Instruct (fp32), 128 calibration windows of 512 tokens of wiki.valid.tokens (seed 0),
-perplexity over the first 40 windows of 1024 tokens of wiki.test.raw (see ../shared/data/README.md).
+perplexity over the first 40 windows of 1024 tokens of wiki.test.raw (see ../shared/data/README.md), and with
+`--val-windows N` also over the first N windows of 1024 tokens of C4 validation: the set that chooses FISTA's
+defaults (neither calibration nor test data; the WikiText-2 column is only reported).
 A cell is `method/pattern[/option=value,...]`, the options being the method's config fields, e.g.
 `fista/2:4/error_correction=none`. Each finished cell prints one JSON line; with --json the results
 are kept in that file and cells already there are skipped, so a long CPU run can be resumed.
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environm
 import torch  # noqa: E402
 
 from environment import machine, precision  # noqa: E402  (bench/environment.py)
-from protocol import protocol_q, wiki_ppl  # noqa: E402
+from protocol import c4_validation, perplexities, protocol_q  # noqa: E402
 from prunekit import load_model, prune  # noqa: E402
 from prunekit.pruners import PRUNERS as CONFIGS  # noqa: E402
 
@@ -68,6 +70,8 @@ def main() -> None:
                         " instead of ',' here (fista/2:4/warm_start=zero;iters=20)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (protocol Q: 128)")
     parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--val-windows", type=int, default=0,
+                        help="also score C4 validation over this many windows of 1024 tokens (0: WikiText-2 only)")
     parser.add_argument("--json", help="keep results here; cells already in it are skipped")
     args = parser.parse_args()
     cells = [c.replace(";", ",") for c in args.cells.split(",") if c]
@@ -79,15 +83,18 @@ def main() -> None:
     dense, tokenizer = load_model(args.model)
     calib, sets = protocol_q(tokenizer, Path(args.data))
     calib = calib[:args.nsamples]
+    if args.val_windows:
+        sets = {**sets, **c4_validation(tokenizer, Path(args.data), args.val_windows)}
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "nsamples": args.nsamples, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "machine": machine(args.device), "precision": precision("float32", args.device)}
-    if "dense_ppl" not in saved:
-        saved["dense_ppl"] = wiki_ppl(dense, sets, args.device)
+    if "dense_ppl" not in saved or (args.val_windows and "dense_c4_val_ppl" not in saved):
+        dense_ppl = perplexities(dense, sets, args.device)
+        saved["dense_ppl"], saved["dense_c4_val_ppl"] = dense_ppl["wikitext2"], dense_ppl.get("c4-val")
     print(f"dense: {saved['dense_ppl']:.3f}  {json.dumps(meta)}", flush=True)
 
     for cell in cells:
-        if cell in rows:
+        if cell in rows and (not args.val_windows or "c4_val_ppl" in rows[cell]):
             continue
         method, pattern, options = parse_cell(cell)
         config = CONFIGS[method](sparsity=args.sparsity, pattern=pattern, **options)
@@ -95,8 +102,9 @@ def main() -> None:
         t0 = time.perf_counter()
         result = prune(model, config, calib, device=args.device, progress=False)
         seconds = time.perf_counter() - t0
-        ppl = wiki_ppl(model, sets, args.device)
-        rows[cell] = {"ppl": ppl, "prune_s": seconds, "sparsity": result.achieved_sparsity, **meta,
+        ppl = perplexities(model, sets, args.device)
+        rows[cell] = {"ppl": ppl["wikitext2"], "c4_val_ppl": ppl.get("c4-val"), "val_windows": args.val_windows,
+                      "prune_s": seconds, "sparsity": result.achieved_sparsity, **meta,
                       "timings": result.timings}
         del model
         print(json.dumps({"cell": cell, **rows[cell]}), flush=True)
@@ -105,15 +113,16 @@ def main() -> None:
 
     print(f"\ndense perplexity {saved['dense_ppl']:.2f}; {meta['device']}{' ' + meta['gpu'] if meta['gpu'] else ''}, "
           f"{args.nsamples} calibration windows\n")
-    print("| method | pattern | options | perplexity | vs sparsegpt | pruning s |")
-    print("|---|---|---|---|---|---|")
+    print("| method | pattern | options | C4 val ppl (chooses) | WikiText-2 test ppl | vs sparsegpt (test) | pruning s |")
+    print("|---|---|---|---|---|---|---|")
     for cell in cells:
         method, pattern, options = parse_cell(cell)
         row = rows[cell]
         base = rows.get(f"sparsegpt/{pattern}")
         versus = f"{100 * (row['ppl'] / base['ppl'] - 1):+.1f}%" if base else "—"
         opts = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-        print(f"| {method} | {pattern} | {opts} | {row['ppl']:.2f} | {versus} | {row['prune_s']:.0f} |")
+        val = f"{row['c4_val_ppl']:.2f}" if row.get("c4_val_ppl") else "—"
+        print(f"| {method} | {pattern} | {opts} | {val} | {row['ppl']:.2f} | {versus} | {row['prune_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
         torch.cuda.reset_peak_memory_stats()
     prefill = lambda: forward(input_ids=ids, use_cache=False)  # noqa: E731
     run = graph(prefill) if graphed else prefill
+    if compile and not graphed:  # the first call compiles (graph() warms up before capturing)
+        run()
     ms = median_ms(run, repeats)
     result.update(prefill_ms=ms, prefill_tokens_per_s=batch * prompt_len / ms * 1000)
     if cuda:
@@ -119,6 +121,8 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
         for _ in range(gen_len):
             run()
 
+    if compile and not graphed:
+        generate()
     ms = median_ms(generate, max(2, repeats // 2)) / gen_len
     result.update(decode_ms=ms, decode_tokens_per_s=batch / ms * 1000)
     if cuda:
