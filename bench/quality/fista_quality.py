@@ -41,6 +41,9 @@ CELLS = [
     # warm start ablation (wanda is the default)
     "fista/unstructured/warm_start=zero", "fista/2:4/warm_start=zero",
 ]
+#: `--cells all`: CELLS and the penalty and refit ablations
+ALL_CELLS = CELLS + ["fista/unstructured/penalty=l1", "fista/2:4/penalty=l1",
+                     "fista/unstructured/refit_iters=0", "fista/2:4/refit_iters=0"]
 
 
 def parse_cell(cell: str):
@@ -66,15 +69,15 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="smollm2-135m", help="embedded name, model directory or .gguf file")
-    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated; a cell's own options use ';'"
-                        " instead of ',' here (fista/2:4/warm_start=zero;iters=20)")
+    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated, or 'all' (the ablations too); a "
+                        "cell's own options use ';' instead of ',' here (fista/2:4/warm_start=zero;iters=20)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (protocol Q: 128)")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--val-windows", type=int, default=0,
                         help="also score C4 validation over this many windows of 1024 tokens (0: WikiText-2 only)")
     parser.add_argument("--json", help="keep results here; cells already in it are skipped")
     args = parser.parse_args()
-    cells = [c.replace(";", ",") for c in args.cells.split(",") if c]
+    cells = ALL_CELLS if args.cells == "all" else [c.replace(";", ",") for c in args.cells.split(",") if c]
     for cell in cells:
         parse_cell(cell)  # fail on a bad cell before any long work
 
