@@ -100,8 +100,8 @@ def test_transformers_without_prunekit_refuses_a_compact_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "loaded" not in out.stdout, out.stderr[-2000:]
     assert "Unknown quantization type, got prunekit" in out.stderr
-    assert out.stderr.strip().splitlines()[-1] == ("OSError: Error no file named model.safetensors, or "
-                                                   f"pytorch_model.bin, found in directory {directory}.")
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("OSError") and "no file named model.safetensors" in last, last
 
 
 def test_directories_written_before_still_load(tmp_path):

@@ -91,13 +91,16 @@ def main() -> None:
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "nsamples": args.nsamples, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "machine": machine(args.device), "precision": precision("float32", args.device)}
-    if "dense_ppl" not in saved or (args.val_windows and "dense_c4_val_ppl" not in saved):
+    if "dense_ppl" not in saved or (args.val_windows and (saved.get("dense_c4_val_ppl") is None
+                                                          or saved.get("val_windows") != args.val_windows)):
         dense_ppl = perplexities(dense, sets, args.device)
         saved["dense_ppl"], saved["dense_c4_val_ppl"] = dense_ppl["wikitext2"], dense_ppl.get("c4-val")
+        saved["val_windows"] = args.val_windows
     print(f"dense: {saved['dense_ppl']:.3f}  {json.dumps(meta)}", flush=True)
 
     for cell in cells:
-        if cell in rows and (not args.val_windows or "c4_val_ppl" in rows[cell]):
+        if cell in rows and (not args.val_windows or (rows[cell].get("c4_val_ppl") is not None
+                                                      and rows[cell].get("val_windows") == args.val_windows)):
             continue
         method, pattern, options = parse_cell(cell)
         config = CONFIGS[method](sparsity=args.sparsity, pattern=pattern, **options)

@@ -57,6 +57,7 @@ def test_measure_model_compiles_when_asked(fresh_dynamo, monkeypatch):
                         lambda m: used.append(1) or compiled_module.compiled(m, backend="aot_eager"))
     result = measure_model(model, batch=1, prompt_len=8, gen_len=2, repeats=1, compile=True)
     assert used == [1] and result["compiled"] and result["decode_tokens_per_s"] > 0
+    assert not any("forward" in vars(m) for m in model.modules())  # measure_model restores the layers
     assert measure_model(model, batch=1, prompt_len=8, gen_len=2, repeats=1)["compiled"] is False and used == [1]
 
 
@@ -65,8 +66,20 @@ def test_a_freed_model_is_not_kept_alive(fresh_dynamo):
     import weakref
 
     model = _sparse_llama(1)
-    compiled_module.compiled(model, backend="aot_eager")
+    fast = compiled_module.compiled(model, backend="aot_eager")
+    with torch.no_grad():
+        fast(torch.randint(0, 256, (1, 8)))
     alive = weakref.ref(next(m for m in model.modules() if isinstance(m, SparseLinear24)))
-    del model
+    del model, fast
+    torch._dynamo.reset()  # the compiled code holds the model, as any compiled model does until reset
     gc.collect()
     assert alive() is None
+
+
+def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
+    model = _sparse_llama(1)
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear24)]
+    compiled_module.compiled(model, backend="aot_eager")
+    assert all("forward" in vars(m) for m in layers)
+    compiled_module.restore(model)
+    assert not any("forward" in vars(m) for m in layers)

@@ -31,7 +31,7 @@ def _rows(dtype, device="cpu") -> list[torch.Tensor]:
 
 
 def _check(x: torch.Tensor) -> None:
-    q, s = per_token.quantize_per_token(x)
+    q, s = per_token.fused_quantize(x)
     qr, sr = fp8.quantize_per_token(x.cpu())
     assert torch.equal(s.cpu(), sr)
     assert torch.equal(q.view(torch.uint8).cpu(), qr.view(torch.uint8))

@@ -47,10 +47,24 @@ def _(x: torch.Tensor, index: int) -> torch.Tensor:
 
 
 def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
-    """torch.compile(model, dynamic=False) with the kernel layers behind the custom op (module docstring)."""
+    """torch.compile(model, dynamic=False) with the kernel layers behind the custom op (module docstring), on a reset
+    Dynamo that raises instead of running eager past its recompile limit (each compiled model and input shape is
+    one more version of the same forward code: a benchmark of several variants would otherwise reach the limit and
+    time eager code as compiled). `restore(model)` gives the kernel layers their own forward back."""
+    torch._dynamo.reset()
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    for index in [i for i, ref in _LAYERS.items() if ref() is None]:
+        del _LAYERS[index]
     for module in model.modules():
         if isinstance(module, KERNEL_LAYERS) and "forward" not in vars(module):
-            index = len(_LAYERS)
+            index = max(_LAYERS, default=-1) + 1
             _LAYERS[index] = weakref.ref(module)
             module.forward = lambda x, index=index: kernel_layer(x, index)
     return torch.compile(model, dynamic=False, backend=backend)
+
+
+def restore(model: nn.Module) -> None:
+    """Undo `compiled`'s change to the kernel layers (a copy of a patched layer would call the original's op)."""
+    for module in model.modules():
+        if isinstance(module, KERNEL_LAYERS) and "forward" in vars(module):
+            del module.forward

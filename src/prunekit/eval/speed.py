@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from ..models.adapters import attention_inputs
-from .compiled import compiled
 from ..patterns import keep_n_of_m
 from ..quantize.model import FP8Config, quantize
 from ..sparse.linear import SparseLinear24, convertible_shapes, kernel_paths, sparsify
@@ -29,6 +28,7 @@ from ..sparse.linear_fp8 import sparsify_fp8
 from ..sparse.packing import is_24
 from ..sparse.paths import path_counts
 from ..sparse.timing import copies_past_l2, graph, median_ms, time_calls
+from .compiled import compiled, restore
 
 #: bench's `convert`: every 2:4 linear on the 2:4 kernels, or only the shapes whose 2:4 kernels timed faster
 CONVERT = ("all", "faster")
@@ -84,50 +84,53 @@ def measure_model(model, batch: int, prompt_len: int, gen_len: int = 32, repeats
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device)
     result = {"batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "graphed": graphed, "compiled": compile}
     forward = compiled(model) if compile else model
-
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    prefill = lambda: forward(input_ids=ids, use_cache=False)  # noqa: E731
-    run = graph(prefill) if graphed else prefill
-    if compile and not graphed:  # the first call compiles (graph() warms up before capturing)
-        run()
-    ms = median_ms(run, repeats)
-    result.update(prefill_ms=ms, prefill_tokens_per_s=batch * prompt_len / ms * 1000)
-    if cuda:
-        result["prefill_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + gen_len + 4)
-    model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(prompt_len, device=device), use_cache=True)
-    token = ids[:, -1:].clone()
-    position = torch.tensor([prompt_len], device=device)
-
-    def rewind():  # back to a cache holding exactly the prompt
-        for layer in cache.layers:
-            layer.cumulative_length.fill_(prompt_len)
-        position.fill_(prompt_len)
-
-    def step():
-        forward(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True)
-        position.add_(1)
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    rewind()
-    run = graph(step) if graphed else step
-
-    def generate():
-        rewind()
-        for _ in range(gen_len):
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        prefill = lambda: forward(input_ids=ids, use_cache=False)  # noqa: E731
+        run = graph(prefill) if graphed else prefill
+        if compile and not graphed:  # the first call compiles (graph() warms up before capturing)
             run()
+        ms = median_ms(run, repeats)
+        result.update(prefill_ms=ms, prefill_tokens_per_s=batch * prompt_len / ms * 1000)
+        if cuda:
+            result["prefill_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
-    if compile and not graphed:
-        generate()
-    ms = median_ms(generate, max(2, repeats // 2)) / gen_len
-    result.update(decode_ms=ms, decode_tokens_per_s=batch / ms * 1000)
-    if cuda:
-        result["decode_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+        cache = StaticCache(config=model.config, max_cache_len=prompt_len + gen_len + 4)
+        model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(prompt_len, device=device), use_cache=True)
+        token = ids[:, -1:].clone()
+        position = torch.tensor([prompt_len], device=device)
+
+        def rewind():  # back to a cache holding exactly the prompt
+            for layer in cache.layers:
+                layer.cumulative_length.fill_(prompt_len)
+            position.fill_(prompt_len)
+
+        def step():
+            forward(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True)
+            position.add_(1)
+
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        rewind()
+        run = graph(step) if graphed else step
+
+        def generate():
+            rewind()
+            for _ in range(gen_len):
+                run()
+
+        if compile and not graphed:
+            generate()
+        ms = median_ms(generate, max(2, repeats // 2)) / gen_len
+        result.update(decode_ms=ms, decode_tokens_per_s=batch / ms * 1000)
+        if cuda:
+            result["decode_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return result
+    finally:
+        if compile:
+            restore(model)
 
 
 def linear_shapes(model) -> list[tuple[int, int]]:

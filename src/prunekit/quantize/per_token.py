@@ -65,13 +65,13 @@ if triton is not None:
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp8.quantize_per_token(x) of a 2-D x: the fused kernel on a CUDA x with contiguous rows, else the eager one."""
     if x.is_cuda and triton is not None and x.dim() == 2 and x.stride(1) == 1:
-        return quantize_per_token(x)
+        return fused_quantize(x)
     return fp8.quantize_per_token(x)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̂ [rows, in] float8_e4m3fn, s_x [rows, 1] fp32) of a 2-D x (fp16, bf16 or fp32), as fp8.quantize_per_token,
-    by the kernel (also in Triton's interpreter)."""
+    by the kernel (also in Triton's interpreter), for finite x (a NaN is not spread as the eager chain spreads it)."""
     if triton is None:
         raise RuntimeError("the fused per-token quantizer needs Triton")
     if x.dim() != 2 or x.stride(1) != 1:

@@ -9,12 +9,11 @@ frozen dense weights; z(U) = n(h_L) (U_a^L)ᵀ its final hidden state taken back
 the dense head gives its logits. Cayley SGD / Adam steps from geoopt (rotation/stiefel.py), loss and
 schedule from RotPruner (methods/rotpruner/train.py). Starts from the PCA bases.
 
-With `checkpoint_layers`, each decoder layer is recomputed in the backward pass (models/recompute.py) and
-computes its own sliced weights there from its bases (U_a^l, U_m^l, U_a^{l+1}) and the frozen dense weights,
-kept in the model's dtype: the backward pass keeps only each layer's input and recomputes the rest, instead of holding every
-layer's fp32 weights, their fp32 dense factors and activations at once (Llama-3.1-8B widths, bf16, 2048
-tokens: 1.6 GiB a layer instead of 4.2, most of it the bases' fp64 optimizer state; 62.5 GiB peak at 32
-layers). Same arithmetic, same loss; the bases' gradients differ by summation order only.
+With `checkpoint_layers`, each decoder layer is recomputed in the backward pass (models/recompute.py says what
+that saves) and computes its own sliced weights there from its bases (U_a^l, U_m^l, U_a^{l+1}) and the frozen
+dense weights, kept in the model's dtype. At Llama-3.1-8B widths in bf16 with 2048-token windows the training
+then grows by 1.6 GiB a layer instead of 4.2 (the 1.6 mostly the bases' fp64 Adam state and gradients, which
+no recomputation removes): 62.65 GiB at 32 layers (BENCHMARKS.md, issue 23).
 """
 
 from __future__ import annotations
