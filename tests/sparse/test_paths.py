@@ -11,6 +11,7 @@ from prunekit.sparse import SparseLinear24, kernel_paths, linear, path_counts, s
 from prunekit.sparse import paths as path_log
 from prunekit.sparse.linear import DENSE
 
+from .scripted import script_time_calls
 from .test_linear import random_24
 
 
@@ -164,16 +165,8 @@ def test_tune_counts_rejected_configurations_and_keeps_the_last_reason(monkeypat
     monkeypatch.setattr(timing, "copies_past_l2", lambda nbytes: 1)
     monkeypatch.setattr(triton_decode, "TUNED", {})
     monkeypatch.setattr(triton_decode, "REJECTED", {})
-    outcomes = iter([RuntimeError("out of shared memory: 300000 > 232448\ndetails"), 0.5,
-                     ValueError("bad block"), 0.25])
-
-    def fake_time_calls(calls, repeats=20, graphed=True):
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    monkeypatch.setattr(timing, "time_calls", fake_time_calls)
+    script_time_calls(monkeypatch, [RuntimeError("out of shared memory: 300000 > 232448\ndetails"), 0.5,
+                                    ValueError("bad block"), 0.25])
     values = torch.zeros(8, 32, dtype=torch.float16)
     meta = torch.zeros(8, 8, dtype=torch.uint8)
     configs = [{"BLOCK_N": n, "BLOCK_B": 8, "num_warps": 1} for n in (1, 2, 4, 8)]

@@ -11,6 +11,7 @@ from prunekit.sparse import timing, triton_decode, triton_fp8
 from prunekit.sparse.linear_fp8 import SparseLinear24FP8
 
 from . import ptx_emulator, triton_interpreter
+from .scripted import script_time_calls
 from .test_linear_fp8 import fp8_24_linear
 
 needs_triton = pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed")
@@ -120,15 +121,7 @@ def test_tune_gemv_keeps_its_own_key_next_to_the_16_bit_gemv(monkeypatch):
     monkeypatch.setattr(triton_decode, "TUNED", {(48, 64, "gemv", torch.bfloat16): {"BLOCK_N": 1}})
     monkeypatch.setattr(triton_decode, "REJECTED", {})
     monkeypatch.setattr(timing, "copies_past_l2", lambda nbytes: 1)
-    outcomes = iter([0.3, RuntimeError("out of registers"), 0.2])
-
-    def fake_time_calls(calls, repeats=20, graphed=True):
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    monkeypatch.setattr(timing, "time_calls", fake_time_calls)
+    script_time_calls(monkeypatch, [0.3, RuntimeError("out of registers"), 0.2])
     sparse = SparseLinear24FP8.from_linear(fp8_24_linear())
     configs = triton_fp8.GEMV_CONFIGS[:3]
     best, ms = triton_fp8.tune_gemv(sparse.values, sparse.meta, sparse.weight_scale, configs)
