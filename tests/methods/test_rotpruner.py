@@ -129,3 +129,51 @@ def test_cli_rotpruner(tiny_model_dir, text_file, tmp_path, capsys):
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     code = main([str(a) for a in argv[:argv.index("--method")]] + ["--overwrite", "--method", "wanda", "--steps", "3"])
     assert code == 2 and "--steps does not apply to --method wanda" in capsys.readouterr().err
+
+
+def test_fista_trains_against_its_wanda_start_in_the_rotated_space():
+    """RotPruner over FISTA learns Q against FISTA's starting mask (Wanda on the rotated inputs), not a λ search
+    per step: the training mask must be exactly Wanda's selection of W Q for inputs X Q."""
+    from prunekit import FistaConfig
+
+    torch.manual_seed(0)
+    X = torch.randn(200, 32) * torch.rand(32) * 3
+    W, Q = torch.randn(24, 32), random_rotation(32, seed=1).float()
+    for pattern in ("unstructured", "2:4"):
+        wanda = WandaConfig(sparsity=0.5, pattern=pattern).make_pruner(32, "cpu")
+        wanda.add_batch(X @ Q)
+        fista = FistaConfig(sparsity=0.5, pattern=pattern).make_pruner(32, "cpu")
+        fista.load_rotated_gram(X.t() @ X, Q)
+        assert torch.equal(fista.training_mask(W @ Q), wanda.mask(W @ Q)), pattern
+
+
+def test_rotpruner_over_fista_keeps_the_dense_function_then_prunes_exactly(monkeypatch):
+    """Before the base pass the fused rotation leaves the dense model's logits unchanged; FISTA then prunes the
+    rotated model to exact 2:4."""
+    import copy
+
+    from prunekit.methods.rotpruner import attach
+
+    model = tiny_llama()
+    dense = copy.deepcopy(model).eval()
+    ids = random_windows(2, 24, seed=7)
+    with torch.no_grad():
+        expected = dense(ids).logits
+    seen = {}
+    real = attach.prune_layerwise
+
+    def check_then_prune(rotated, *args, **kwargs):
+        with torch.no_grad():
+            seen["logits"] = rotated(ids).logits
+        return real(rotated, *args, **kwargs)
+
+    monkeypatch.setattr(attach, "prune_layerwise", check_then_prune)
+    config = RotPrunerConfig(pattern="2:4", base_pruner="fista", steps=3, lr=0.05, train_samples=2)
+    result = prune(model, config, random_windows(4, 32), progress=False)
+    assert result.details["rotpruner"]["distance_from_identity"] > 0  # Q moved: the check below is not trivial
+    assert torch.allclose(seen["logits"], expected, atol=1e-4)
+    assert abs(result.achieved_sparsity - 0.5) < 1e-9
+    adapter = get_adapter(model)
+    for layer in adapter.layers():
+        for name, op in adapter.linears(layer):
+            assert max_nonzeros_per_group(op.weight, 4) <= 2, name

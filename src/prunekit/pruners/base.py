@@ -188,6 +188,11 @@ class Pruner:
         """The keep-mask the pruner chooses for `weight` (the selection alone, without any reconstruction)."""
         return self.prune(weight).mask
 
+    def training_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The mask a learned rotation trains against at every step (RotPruner): `mask` itself, unless the
+        pruner's selection is an optimisation too costly to repeat per step (FISTA gives its starting mask)."""
+        return self.mask(weight)
+
 
 class ScorePruner(Pruner):
     """A pruner that keeps the highest `scores(W)` by the config's pattern: per output row (`group = "row"`,

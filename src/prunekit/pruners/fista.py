@@ -317,9 +317,17 @@ class FistaPruner(Pruner):
             return torch.zeros_like(W)
         if cfg.warm_start == "dense":
             return W.clone()
-        # Wanda on the operator's actual input X*: |W_ij|·‖X*_j‖, compared within each row
+        return W.masked_fill(~self.wanda_mask(W), 0.0)  # +0.0, not -0.0
+
+    def wanda_mask(self, W: torch.Tensor) -> torch.Tensor:
+        """Wanda on the operator's actual input X*: the largest |W_ij|·‖X*_j‖ of each row, by the pattern."""
         scores = W.abs() * torch.diagonal(self.G).clamp_min(0).sqrt().unsqueeze(0)
-        return W.masked_fill(~select_mask(scores, cfg.pattern, cfg.sparsity, group="row"), 0.0)  # +0.0, not -0.0
+        return select_mask(scores, self.config.pattern, self.config.sparsity, group="row")
+
+    def training_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """Wanda's selection, FISTA's starting point: a λ search of every operator at every training step would
+        cost a whole FISTA pass a step; the final pass after training prunes with FISTA itself."""
+        return self.wanda_mask(weight.to(self.G))
 
     def load_gram(self, G: torch.Tensor) -> None:
         """X* = X: G = M = G_dense (the problem is invariant to the Gram matrix's scale)."""

@@ -11,8 +11,8 @@ from ...rotation.stiefel import OPTIMIZERS
 from .ste import STE_MODES
 
 #: base pruners that are a registered pruner with options: name → (pruner, its options). Any registered
-#: pruner is a base too; Q is always learned against the pruner's selection alone (`Pruner.mask`), and the
-#: final pass runs the whole pruner (SparseGPT's reconstruction included).
+#: pruner is a base too; Q is learned against the pruner's selection alone (`Pruner.training_mask`: its `mask`, or
+#: FISTA's Wanda start), and the final pass runs the whole pruner (SparseGPT's reconstruction, FISTA's λ search).
 VARIANTS = {"sparsegpt-noupdate": ("sparsegpt", {"update": False})}
 
 

@@ -140,7 +140,7 @@ def learn_rotation(model: nn.Module, adapter: Adapter, stream: ResidualStream, w
         def transform(path: str, W: torch.Tensor) -> torch.Tensor:
             if path not in masks:
                 with torch.no_grad():
-                    masks[path] = group_of[path].pruner.mask(W.detach().float())
+                    masks[path] = group_of[path].pruner.training_mask(W.detach().float())
             return masked(W, masks[path], config.ste, config.srste_decay)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
