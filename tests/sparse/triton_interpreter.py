@@ -10,7 +10,8 @@ set. On exit everything is put back, including what the interpreter itself leave
     it, which breaks the next compilation in the process ("ir.value has no attribute dtype"): every attribute
     the interpreter patches gets back the value it had before the block;
   - running a function copies the interpreter's globals into the function's module: the added names go, and
-    with them the interpreter's cached rewrites of those functions.
+    with them the interpreter's cached rewrites of those functions (submodules imported meanwhile stay: deleting
+    `triton.language.extra.libdevice` from its package broke every later torch.compile in the process).
 Also patched, for Triton 3.6 under NumPy ≥ 2.4: the interpreter holds a scalar as a 1-element array and turns it
 into an index with `int(array)`, which NumPy 2.4 refuses for arrays that are not 0-d; kernels whose loop bounds
 are computed (`range(start, stop, BLOCK)` in spmm24 and gemv24) fail in the interpreter without it.
@@ -83,8 +84,9 @@ def interpreted(*modules: ModuleType):
                 setattr(obj, name, value)
         for obj, name, value in reversed(saved):
             setattr(obj, name, value)
-        for module, names in namespaces.values():
+        for module, names in namespaces.values():  # a submodule imported meanwhile stays: sys.modules holds it
             for name in set(vars(module)) - names:
-                delattr(module, name)
+                if not isinstance(vars(module)[name], ModuleType):
+                    delattr(module, name)
         for fn in set(interpreter.InterpretedFunction.rewritten_fn) - rewritten:
             del interpreter.InterpretedFunction.rewritten_fn[fn]
