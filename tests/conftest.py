@@ -1,4 +1,11 @@
-"""Tiny randomly initialised models (Llama, OPT, Gemma 3) and a byte-level tokenizer, for fast tests."""
+"""Tiny randomly initialised models (Llama, OPT, Gemma 3) and a byte-level tokenizer, for fast tests.
+
+The suite runs ATen's and MKL's AVX2 code paths (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS; set before torch
+is imported, and inherited by subprocesses): the pinned perplexities (tests/test_methods_smollm2.py) were measured
+on an AVX2 machine, and on a CPU with AVX-512 the default paths sum in another order — SparseGPT's column sweep
+turns those last bits into a 3.6% different perplexity of the 4-layer slice, SliceGPT's eigenvectors into 4%.
+With the same paths every x86-64 machine with AVX2 gives the same figures.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,11 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 #: resolved: ../shared may be a symbolic link, and prunekit records resolved data paths
 SHARED_DATA = (Path(__file__).resolve().parents[2] / "shared" / "data").resolve()
