@@ -3,8 +3,9 @@
 The suite runs ATen's and MKL's AVX2 code paths (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS; set before torch
 is imported, and inherited by subprocesses): the pinned perplexities (tests/test_methods_smollm2.py) were measured
 on an AVX2 machine, and on a CPU with AVX-512 the default paths sum in another order — SparseGPT's column sweep
-turns those last bits into a 3.6% different perplexity of the 4-layer slice, SliceGPT's eigenvectors into 4%.
-With the same paths every x86-64 machine with AVX2 gives the same figures.
+turns those last bits into a 3.6% different perplexity of the 4-layer slice (four cases failed there). MKL_CBWR=AVX2
+is not the same path: it moved SliceGPT's figure by 4%. With these settings every x86-64 machine with AVX2 gives the
+pinned figures.
 """
 
 from __future__ import annotations
