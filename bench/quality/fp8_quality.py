@@ -8,6 +8,8 @@ path for any other pruner. Every cell is scored on WikiText-2 test (protocol Q's
 validation (`--val-windows` × 1024 of shared/data/c4/c4.validation_2k.jsonl). The FP8 layers compute on the CPU
 through their exact reference product (FP8 values and scales, products in fp32), so the figures are the FP8
 numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells already there are skipped.
+`--scale-headroom K` sets the column pass's FP8 scale headroom (prunekit.pruners.sparsegpt.SCALE_HEADROOM, in
+binades above each dense row's largest weight) for a selection sweep on C4 validation; rows record it.
 
     PYTHONPATH=src python bench/quality/fp8_quality.py --model smollm2-135m --out bench/results/fp8_quality_cpu.jsonl
 """
@@ -45,6 +47,11 @@ def run_cell(name: str, model, calib, device: str):
             prunekit.quantize(model, FP8Config(), calib, device=device, progress=False)
 
 
+def cell_key(model: str, cell: str, headroom: int | None) -> tuple:
+    """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0)."""
+    return model, cell, (headroom or 0) if "fp8" in cell else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local directory, .gguf file or hub id")
@@ -53,6 +60,8 @@ def main() -> None:
     p.add_argument("--val-windows", type=int, default=20, help="C4 validation windows of 1024 tokens")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", required=True, help="JSONL file: one line per cell, appended")
+    p.add_argument("--scale-headroom", type=int, help="binades of FP8 scale headroom in the column pass "
+                   "(default: the library's SCALE_HEADROOM)")
     args = p.parse_args()
 
     from environment import environment
@@ -61,24 +70,30 @@ def main() -> None:
     import prunekit
     from prunekit.data import evaluation_windows, load_text, tokenize
     from prunekit.models.adapters import get_adapter
+    from prunekit.pruners import sparsegpt
 
     dense, tokenizer = prunekit.load_model(args.model, "float32")
     bos = tokenizer.bos_token_id if get_adapter(dense).needs_bos else None
     calib, test = protocol_q(tokenizer, Path(args.data), bos=bos)
     c4 = load_text(str(Path(args.data) / "c4" / "c4.validation_2k.jsonl"), "evaluation").text
     sets = {"c4-val": (evaluation_windows(tokenize(tokenizer, c4), 1024, args.val_windows, bos_id=bos), None), **test}
+    if args.scale_headroom is not None:
+        sparsegpt.SCALE_HEADROOM = args.scale_headroom
+    headroom = sparsegpt.SCALE_HEADROOM
     out = Path(args.out)
-    done = {(r["model"], r["cell"]) for r in map(json.loads, out.read_text().splitlines()) if r} if out.exists() else set()
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line] if out.exists() else []
+    done = {cell_key(r["model"], r["cell"], r.get("scale_headroom")) for r in rows}
     env = environment(args.device, "float32")
     for name in args.cells.split(","):
-        if (args.model, name) in done:
+        if cell_key(args.model, name, headroom) in done:
             continue
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         run_cell(name, model, calib, args.device)
         seconds = time.perf_counter() - t0
         ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
-        row = {"model": args.model, "cell": name, "prune_s": seconds, "c4_val_ppl": ppl["c4-val"],
+        row = {"model": args.model, "cell": name, "prune_s": seconds,
+               "scale_headroom": headroom if "fp8" in name else None, "c4_val_ppl": ppl["c4-val"],
                "wikitext2_test_ppl": ppl["wikitext2"], "environment": env}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")

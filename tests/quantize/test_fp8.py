@@ -111,6 +111,18 @@ def test_one_pass_prunes_and_quantizes_better_than_pruning_then_rounding():
         assert err - reconstruction_error(W, pruned, X) < OUTPUT_ERROR_BOUND
 
 
+def test_one_pass_leaves_headroom_for_the_weights_its_updates_grow():
+    """A kept weight that absorbs a pruned neighbour's error grows past its row's dense maximum (here 3.5 = 448/128,
+    exactly the top of its power-of-two scale): the pass's scales have SCALE_HEADROOM binades to spare, so it is
+    not clipped back to 3.5."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(4096, 8, generator=g)
+    X[:, 3] = X[:, 0] + 0.01 * torch.randn(4096, generator=g)  # column 3 can stand in for column 0
+    W = torch.tensor([[0.9, 0.8, 0.1, 3.5, 0.5, 0.4, 0.3, 0.2]])
+    one_pass = run(SparseGPTConfig(pattern="2:4", quantize="fp8"), W, X)
+    assert one_pass[0, 0] == 0 and one_pass[0, 3] > 4.0 and on_fp8_grid(one_pass)  # ≈ 3.5 + 0.9, not 3.5
+
+
 def test_quantize_option_is_checked():
     with pytest.raises(ValueError, match="unknown --quantize 'int4'"):
         SparseGPTConfig(pattern="2:4", quantize="int4")

@@ -19,6 +19,10 @@ from .base import LayerwiseConfig, Pruned, Pruner
 
 #: --quantize: none, or fp8 (E4M3 weights, one power-of-two scale per output channel: prunekit.quantize.fp8)
 QUANTIZE = ("none", "fp8")
+#: binades of headroom of the pass's FP8 scales above each dense row's largest weight: the updates grow kept weights
+#: (they absorb the pruned ones' error) and E4M3 saturates at 448·s. Chosen on C4 validation (BENCHMARKS.md, issue
+#: 25): 1 binade took SmolLM2's 2:4 + FP8 weights from 172.60 to 167.10, 2 binades gave 167.13.
+SCALE_HEADROOM = 1
 
 
 @dataclass
@@ -152,8 +156,8 @@ class SparseGPTPruner(Pruner):
         """`prune`'s loop; with `fixed_mask` (out × in, True = kept) no mask is chosen: that one is kept.
 
         Works on Wᵀ so that a column of W is a contiguous row and each update is one rank-1 `addr_`.
-        The FP8 scales come from the dense weights before the pass, as in GPTQ; a weight that the updates push
-        past 448·s saturates there."""
+        The FP8 scales come from the dense weights before the pass, as in GPTQ, with SCALE_HEADROOM binades above
+        each row's largest weight; a weight that the updates push past 448·s saturates there."""
         cfg, pattern = self.config, self.config.pattern
         if self.H is None and self._factor is None:
             raise ValueError("SparseGPT reconstructs from its own statistics: feed add_batch before prune "
@@ -161,7 +165,7 @@ class SparseGPTPruner(Pruner):
         Hinv, dead = self.inverse_hessian_factor()
         Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
         Wt[dead] = 0.0
-        scale = fp8_scale(Wt.t()).to(Wt.device) if cfg.quantize == "fp8" else None  # [out]
+        scale = fp8_scale(Wt.t(), SCALE_HEADROOM).to(Wt.device) if cfg.quantize == "fp8" else None  # [out]
         kept = torch.ones_like(Wt, dtype=torch.bool) if fixed_mask is None else fixed_mask.t().contiguous()
         choose_mask = fixed_mask is None
         for i1 in range(0, Wt.shape[0], cfg.blocksize):
