@@ -58,7 +58,8 @@ def cell(shape: str, layers: int | None, choice: str, share_every: int, batch: i
     with torch.no_grad():  # one eager call first: the writers' product hooks are registered on the first forward
         model(input_ids=torch.zeros(batch, 8, dtype=torch.long, device=device), use_cache=False)
     out = measure_variant(model, batch, prompt_len, gen_len, compile) | {"layers_converted": converted}
-    out["rotation_groups"] = len(list(model.residual_rotations.buffers())) if residual.has_residual_rotations(model) else 0
+    rotated = residual.has_residual_rotations(model)
+    out["rotation_groups"] = len(list(model.residual_rotations.buffers())) if rotated else 0
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
