@@ -30,13 +30,8 @@ from random_models import SHAPES  # noqa: E402
 from prunekit.eval.speed import measure_variant  # noqa: E402
 from prunekit.models.adapters import attention_inputs  # noqa: E402
 from prunekit.rotation import residual  # noqa: E402
+from prunekit.rotation.stiefel import random_rotation  # noqa: E402
 from prunekit.sparse.linear import sparsify  # noqa: E402
-
-
-def random_orthonormal(width: int, generator: torch.Generator) -> torch.Tensor:
-    """A [width, width] orthonormal matrix (QR of a Gaussian one), fp32 on the CPU."""
-    q, r = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()
 
 
 def with_rotations(model, choice: str, share_every: int, seed: int = 0):
@@ -44,9 +39,9 @@ def with_rotations(model, choice: str, share_every: int, seed: int = 0):
     kinds = residual.kinds_of(choice)
     if kinds:
         names = residual.groups(residual.blocks(model, kinds, share_every))
-        generator = torch.Generator().manual_seed(seed)
-        residual.install(model, {g: random_orthonormal(model.config.hidden_size, generator) for g in names},
-                         kinds, share_every)
+        width = model.config.hidden_size
+        residual.install(model, {g: random_rotation(width, seed=seed + i) for i, g in enumerate(names)}, kinds,
+                         share_every)
     return model
 
 
