@@ -4,7 +4,8 @@
 Per model: SparseGPT 2:4 (the reference), SparseGPT 2:4 with `quantize="fp8"` (one column pass: mask, FP8
 rounding of the kept weights, both errors compensated; evaluated W8A8 — inputs FP8 per token — and weights-only),
 and Wanda 2:4 followed by GPTQ to FP8 (prunekit.quantize: the mask kept, the rounding error compensated) as the
-path for any other pruner. Every cell is scored on WikiText-2 test (protocol Q's 40 × 1024 windows) and on C4
+path for any other pruner. The `dense*` cells (not in the default list) measure what FP8 costs the model with no
+pruning: round to nearest (W8A8 and weights only) and GPTQ (W8A8). Every cell is scored on WikiText-2 test (protocol Q's 40 × 1024 windows) and on C4
 validation (`--val-windows` × 1024 of shared/data/c4/c4.validation_2k.jsonl). The FP8 layers compute on the CPU
 through their exact reference product (FP8 values and scales, products in fp32), so the figures are the FP8
 numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells already there are skipped.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environm
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CELLS = ("sparsegpt-2:4", "sparsegpt-2:4+fp8", "sparsegpt-2:4+fp8-weights", "wanda-2:4", "wanda-2:4+gptq-fp8")
+DENSE_CELLS = ("dense", "dense+fp8-rtn", "dense+fp8-rtn-weights", "dense+gptq-fp8")  # what FP8 costs with no pruning
 
 
 def run_cell(name: str, model, calib, device: str):
@@ -36,7 +38,12 @@ def run_cell(name: str, model, calib, device: str):
     import prunekit
     from prunekit import FP8Config, SparseGPTConfig, WandaConfig
 
-    if name.startswith("sparsegpt"):
+    if name.startswith("dense"):
+        if name != "dense":
+            prunekit.quantize(model, FP8Config(compensate="gptq" in name,
+                                               activations="none" if name.endswith("-weights") else "fp8"),
+                              calib if "gptq" in name else None, device=device, progress=False)
+    elif name.startswith("sparsegpt"):
         prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8" if "fp8" in name else "none"), calib,
                        device=device, progress=False)
         if name.endswith("-weights"):  # the same FP8 weights, inputs left unquantized
@@ -55,7 +62,7 @@ def cell_key(model: str, cell: str, headroom: int | None) -> tuple:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local directory, .gguf file or hub id")
-    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {', '.join(CELLS + DENSE_CELLS)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--val-windows", type=int, default=20, help="C4 validation windows of 1024 tokens")
     p.add_argument("--data", default=str(DATA))
@@ -63,6 +70,9 @@ def main() -> None:
     p.add_argument("--scale-headroom", type=int, help="binades of FP8 scale headroom in the column pass "
                    "(default: the library's SCALE_HEADROOM)")
     args = p.parse_args()
+    unknown = [c for c in args.cells.split(",") if c not in CELLS + DENSE_CELLS]
+    if unknown:
+        p.error(f"unknown cell {unknown[0]!r}: choose from {', '.join(CELLS + DENSE_CELLS)}")
 
     from environment import environment
     from protocol import protocol_q
