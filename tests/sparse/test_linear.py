@@ -71,6 +71,19 @@ def test_gemv_matches_dense_on_cuda(dtype, out, inp):
         assert ((y - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2), cfg
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or not triton_decode.available(), reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,out,inp", [(16, 1024, 4096), (5, 100, 11008)])  # 11008: a partial last step
+def test_spmm_matches_dense_on_cuda(dtype, rows, out, inp):
+    W = random_24(out, inp, dtype).cuda()
+    values, meta = pack_24(W)
+    x, bias = torch.randn(rows, inp, dtype=dtype, device="cuda"), torch.randn(out, dtype=dtype, device="cuda")
+    ref = x.float() @ W.float().T + bias.float()
+    for cfg in triton_decode.CONFIGS[::3] + [triton_decode.DEFAULT_CONFIG]:  # every tile size and split-K factor
+        y = triton_decode.spmm24(x, values, meta, bias, cfg).float()
+        assert ((y - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2), cfg
+
+
 @pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed (runs its interpreter on CPU)")
 @pytest.mark.parametrize("rows,out,inp", [(1, 40, 256), (1, 17, 96), (5, 17, 96), (16, 64, 512)])
 def test_triton_kernels_in_the_interpreter(rows, out, inp):
@@ -81,9 +94,10 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
     W = random_24(out, inp)
     values, meta = pack_24(W)
     x, bias = torch.randn(rows, inp), torch.randn(out)
-    small = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4}
     with triton_interpreter.interpreted(triton_decode):
-        assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
+        for small in ({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4},  # split-K, partial steps
+                      {"BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 1, "num_warps": 4}):
+            assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
         if rows == 1:  # gemv24 reads 16-bit floats; here its plain-Triton twin of the PTX step runs
             for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
                 v16, x16, b16 = values.to(dtype), x.to(dtype), bias.to(dtype)

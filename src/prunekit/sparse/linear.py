@@ -6,7 +6,7 @@ holds 0.5625× + 0.0625× (our indices) of the dense bytes. Paths, chosen per (s
 timing them once in a CUDA graph, the L2 cache flushed before each call, and caching the winner:
 - `gemv`:   the 1-row kernel of triton_decode.py on values + indices (its launch configuration tuned
             for the shape on first use);
-- `triton`: the ≤ 16-row kernel of triton_decode.py;
+- `triton`: the ≤ 16-row kernel of triton_decode.py (its launch configuration tuned for the shape on first use);
 - `cslt`:   `torch._cslt_sparse_mm(W, xᵀ)`, rows padded to a multiple of 16 (cuSPARSELt refuses a
             single column); the result [out, rows] is returned transposed, as a view or
             (contiguous_output) copied. Candidates: the searched algorithm and ids 0–3 (an id the
@@ -170,7 +170,13 @@ class SparseLinear24(nn.Module):
         if not triton_decode.available():
             left_out["triton"] = "Triton is not installed"
         elif rows <= triton_decode.MAX_ROWS:
-            found.append(("triton", 0))
+            tuned = (self.out_features, self.in_features, triton_decode.MAX_ROWS)
+            try:
+                if tuned not in triton_decode.TUNED:  # once per shape, at 16 rows: every row count ≤ 16 uses it
+                    triton_decode.tune(self.values, self.meta, triton_decode.MAX_ROWS)
+                found.append(("triton", 0))
+            except RuntimeError as e:  # no configuration builds on this GPU: the other paths only
+                left_out["triton"] = _first_line(e)
         if rows == 1 and triton_decode.available():
             if not triton_decode.permute_ok(x2, self.values):
                 left_out["gemv"] = "input or values not 8-byte aligned 16-bit words"

@@ -26,7 +26,8 @@ except ImportError:  # CPU installs without Triton: callers check `available()`
     triton = None
 
 MAX_ROWS = 16
-DEFAULT_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
+#: spmm24's launch until `tune` has run for a shape (a guess from the byte count, not measured)
+DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3}
 #: gemv24 launch configurations: BLOCK_N rows × BLOCK_B index bytes (4 values each) per program and step
 GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
                 for n in (1, 2, 4, 8) for bb in (64, 128, 256) for w in (1, 2, 4, 8) for st in (2, 3)
@@ -37,8 +38,11 @@ GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  
 TUNED: dict[tuple, dict] = {}
 #: per TUNED key, the configurations `time_configs` could not run: {"count": how many, "last": the last one and why}
 REJECTED: dict[tuple, dict] = {}
-CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": st}
-           for n in (16, 32, 64) for k in (128, 256) for s in (1, 2) for st in (2, 4)]
+#: spmm24 launch configurations (≤ 16 rows), tuned per weight shape on first use (`tune`, called by SparseLinear24): a
+#: 16-row product is still bound by the weight's bytes, so the grid must keep enough loads in flight — up to 8 programs
+#: per output block share its inputs (split-K) when the weight has few rows
+CONFIGS = [{"BLOCK_N": n, "BLOCK_K": k, "SPLIT_K": s, "num_warps": 4, "num_stages": 3}
+           for n in (32, 64, 128) for k in (128, 256) for s in (1, 2, 4, 8)]
 
 
 def available() -> bool:
@@ -64,34 +68,50 @@ if triton is not None:
                        HAS_BIAS: tl.constexpr):
         """y[b, n] = Σ_k W[n, k] x[b, k] (+ bias[n]) for ≤ 16 rows b, W given as 2:4 values + indices.
 
-        Each program owns BLOCK_N output features and 1/SPLIT_K of the inputs. Per step it loads the
-        BLOCK_K/2 kept values and BLOCK_K/8 index bytes of each row (the only weight traffic). Writing
-        input k = 4g + p, the product splits into four "phases" p = 0..3:
+        Each program owns BLOCK_N output features and 1/SPLIT_K of the inputs. Per step it loads, each as one
+        contiguous tile, the BLOCK_K/2 kept values and BLOCK_K/8 index bytes of each row (the only weight traffic)
+        and the [16, BLOCK_K] inputs. Writing input k = 4g + p, the product splits into four "phases" p = 0..3:
             y = Σ_p W_p x_p,   W_p[n, g] = v0[n, g]·[i0 = p] + v1[n, g]·[i1 = p],   x_p[g, b] = x[b, 4g + p],
-        four [BLOCK_N, BLOCK_K/4] × [BLOCK_K/4, 16] tensor-core products with no gathers from the weight.
+        four [BLOCK_N, BLOCK_K/4] × [BLOCK_K/4, 16] tensor-core products with no gathers: v0/v1, the index nibbles
+        and the x_p are taken apart in registers (reshape and split), not loaded with strides.
         """
         pid_n, pid_k = tl.program_id(0), tl.program_id(1)
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
+        rows_ld = tl.minimum(rows, N - 1)  # rows past N re-read row N - 1 and are not stored
         batch = tl.arange(0, 16)
         batch_ok = batch < B
         G: tl.constexpr = BLOCK_K // 4
         acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
         k_per_split = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
         for k0 in range(pid_k * k_per_split, min(K, (pid_k + 1) * k_per_split), BLOCK_K):
-            group = k0 // 4 + tl.arange(0, G)
-            v0, v1, i0, i1 = _packed_step(v_ptr, m_ptr, rows, row_ok, group, K, stride_vn, stride_mn)
-            x_ok = batch_ok[None, :] & (group * 4 < K)[:, None]
-            x_base = x_ptr + batch[None, :] * stride_xb + (4 * group)[:, None]
-            for p in tl.static_range(4):
-                w_p = tl.where(i0 == p, v0, 0.0) + tl.where(i1 == p, v1, 0.0)
-                x_p = tl.load(x_base + p, mask=x_ok, other=0.0)  # [G, 16]
-                acc = tl.dot(w_p.to(x_ptr.dtype.element_ty), x_p, acc)
+            kv = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # value columns: group g's two at 2g, 2g + 1
+            vals = tl.load(v_ptr + rows_ld[:, None] * stride_vn + kv[None, :], mask=(kv < K // 2)[None, :], other=0)
+            v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))
+            kb = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # index bytes: groups 2j (low nibble) and 2j + 1 (high)
+            byte = tl.load(m_ptr + rows_ld[:, None] * stride_mn + kb[None, :], mask=(kb < K // 8)[None, :],
+                           other=0).to(tl.int32)
+            nibble = tl.reshape(tl.join(byte & 15, byte >> 4), (BLOCK_N, G))
+            i0, i1 = nibble & 3, nibble >> 2
+            kx = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + batch[:, None] * stride_xb + kx[None, :], mask=batch_ok[:, None] & (kx < K)[None, :],
+                         other=0.0)  # [16, BLOCK_K]; k = 4g + 2a + c
+            x_c0, x_c1 = tl.split(tl.reshape(xt, (16, G, 2, 2)))  # c = 0, 1: [16, G, 2] over a
+            x0, x2 = tl.split(x_c0)
+            x1, x3 = tl.split(x_c1)
+            dt = x_ptr.dtype.element_ty
+            w0 = tl.where(i0 == 0, v0, 0.0) + tl.where(i1 == 0, v1, 0.0)
+            acc = tl.dot(w0.to(dt), tl.trans(x0), acc)
+            w1 = tl.where(i0 == 1, v0, 0.0) + tl.where(i1 == 1, v1, 0.0)
+            acc = tl.dot(w1.to(dt), tl.trans(x1), acc)
+            w2 = tl.where(i0 == 2, v0, 0.0) + tl.where(i1 == 2, v1, 0.0)
+            acc = tl.dot(w2.to(dt), tl.trans(x2), acc)
+            w3 = tl.where(i0 == 3, v0, 0.0) + tl.where(i1 == 3, v1, 0.0)
+            acc = tl.dot(w3.to(dt), tl.trans(x3), acc)
         if HAS_BIAS:
             if pid_k == 0:
-                acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+                acc += tl.load(bias_ptr + rows_ld).to(tl.float32)[:, None]
         out = y_ptr + batch[None, :] * stride_yb + rows[:, None]
-        mask = row_ok[:, None] & batch_ok[None, :]
+        mask = (rows < N)[:, None] & batch_ok[None, :]
         if SPLIT_K == 1:
             tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
         else:
