@@ -11,6 +11,7 @@ through their exact reference product (FP8 values and scales, products in fp32),
 numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells already there are skipped.
 `--scale-headroom K` sets the column pass's FP8 scale headroom (prunekit.pruners.sparsegpt.SCALE_HEADROOM, in
 binades above each dense row's largest weight) for a selection sweep on C4 validation; rows record it.
+`--act-order` runs the SparseGPT cells' column pass in act-order (SparseGPTConfig.act_order); rows record it.
 
     PYTHONPATH=src python bench/quality/fp8_quality.py --model smollm2-135m --out bench/results/fp8_quality_cpu.jsonl
 """
@@ -33,7 +34,7 @@ CELLS = ("sparsegpt-2:4", "sparsegpt-2:4+fp8", "sparsegpt-2:4+fp8-weights", "wan
 DENSE_CELLS = ("dense", "dense+fp8-rtn", "dense+fp8-rtn-weights", "dense+gptq-fp8")  # what FP8 costs with no pruning
 
 
-def run_cell(name: str, model, calib, device: str):
+def run_cell(name: str, model, calib, device: str, act_order: bool = False):
     """Prune (and quantize) `model` in place as the cell says."""
     import prunekit
     from prunekit import FP8Config, SparseGPTConfig, WandaConfig
@@ -44,7 +45,8 @@ def run_cell(name: str, model, calib, device: str):
                                                activations="none" if name.endswith("-weights") else "fp8"),
                               calib if "gptq" in name else None, device=device, progress=False)
     elif name.startswith("sparsegpt"):
-        prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8" if "fp8" in name else "none"), calib,
+        prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8" if "fp8" in name else "none",
+                                              act_order=act_order), calib,
                        device=device, progress=False)
         if name.endswith("-weights"):  # the same FP8 weights, inputs left unquantized
             prunekit.quantize(model, FP8Config(compensate=False, activations="none"))
@@ -54,9 +56,10 @@ def run_cell(name: str, model, calib, device: str):
             prunekit.quantize(model, FP8Config(), calib, device=device, progress=False)
 
 
-def cell_key(model: str, cell: str, headroom: int | None) -> tuple:
-    """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0)."""
-    return model, cell, (headroom or 0) if "fp8" in cell else None
+def cell_key(model: str, cell: str, headroom: int | None, act_order: bool | None) -> tuple:
+    """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0), and a
+    SparseGPT cell's column order (rows from before `--act-order` had none)."""
+    return model, cell, (headroom or 0) if "fp8" in cell else None, bool(act_order) and cell.startswith("sparsegpt")
 
 
 def main() -> None:
@@ -67,6 +70,8 @@ def main() -> None:
     p.add_argument("--val-windows", type=int, default=20, help="C4 validation windows of 1024 tokens")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", required=True, help="JSONL file: one line per cell, appended")
+    p.add_argument("--act-order", action="store_true", help="the SparseGPT cells' column pass in act-order "
+                   "(SparseGPTConfig.act_order)")
     p.add_argument("--scale-headroom", type=int, help="binades of FP8 scale headroom in the column pass "
                    "(default: the library's SCALE_HEADROOM)")
     args = p.parse_args()
@@ -92,18 +97,19 @@ def main() -> None:
     headroom = sparsegpt.SCALE_HEADROOM
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line] if out.exists() else []
-    done = {cell_key(r["model"], r["cell"], r.get("scale_headroom")) for r in rows}
+    done = {cell_key(r["model"], r["cell"], r.get("scale_headroom"), r.get("act_order")) for r in rows}
     env = environment(args.device, "float32")
     for name in args.cells.split(","):
-        if cell_key(args.model, name, headroom) in done:
+        if cell_key(args.model, name, headroom, args.act_order) in done:
             continue
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        run_cell(name, model, calib, args.device)
+        run_cell(name, model, calib, args.device, args.act_order)
         seconds = time.perf_counter() - t0
         ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
         row = {"model": args.model, "cell": name, "prune_s": seconds,
-               "scale_headroom": headroom if "fp8" in name else None, "c4_val_ppl": ppl["c4-val"],
+               "scale_headroom": headroom if "fp8" in name else None,
+               "act_order": args.act_order if name.startswith("sparsegpt") else None, "c4_val_ppl": ppl["c4-val"],
                "wikitext2_test_ppl": ppl["wikitext2"], "environment": env}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -128,3 +128,50 @@ def test_the_factor_outlives_the_hessian():
     fresh.add_batch(X)
     assert torch.equal(shared.prune(W2).weight, fresh.prune(W2).weight)
     assert torch.equal(shared.mask(W2), mask) and first.count_nonzero() == 16 * 32
+
+
+@pytest.mark.parametrize("pattern,prunen,prunem", [("unstructured", 0, 0), ("2:4", 2, 4)])
+def test_act_order_is_the_textbook_pass_on_permuted_columns(pattern, prunen, prunem):
+    """act_order = the paper's pass on W Pᵀ with P H Pᵀ, P sorting the columns (N:M: whole groups) by descending
+    diag(H), the result put back in W's order; and every N:M group stays one group."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        X = correlated_inputs(dim=192).double()[:, torch.randperm(192, generator=torch.Generator().manual_seed(2))]
+        W = torch.randn(24, 192, dtype=torch.float64)
+        pruner = SparseGPTConfig(0.5, pattern, act_order=True).make_pruner(192, "cpu")
+        pruner.H = torch.zeros(192, 192, dtype=torch.float64)
+        pruner.add_batch(X)
+        H = pruner.H.clone()
+        ours = pruner.prune(W).weight
+        m = prunem or 1
+        groups = torch.argsort(torch.diag(H).view(-1, m).sum(1), descending=True)
+        perm = (groups.unsqueeze(1) * m + torch.arange(m)).reshape(-1)
+        assert not torch.equal(perm, torch.arange(192))  # the order does change here
+        theirs = torch.empty_like(W)
+        theirs[:, perm] = reference_sparsegpt(W[:, perm], H[perm][:, perm], 0.5, prunen, prunem)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(ours == 0, theirs == 0)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    if prunen:
+        assert max_nonzeros_per_group(ours, 4) == 2
+
+
+def test_act_order_keeps_a_fixed_mask_and_answers_the_selection_in_the_weights_order():
+    """GPTQ's pass with act_order keeps the given zeros; `mask` (selection only, as RotPruner uses it) answers in W's own
+    order: it is the mask of the same pass without updates."""
+    from prunekit.pruners.sparsegpt import GPTQConfig
+
+    X = correlated_inputs(dim=64)
+    W = torch.randn(16, 64)
+    W[torch.rand(16, 64, generator=torch.Generator().manual_seed(3)) < 0.5] = 0.0
+    gptq = GPTQConfig(act_order=True).make_pruner(64, "cpu")
+    gptq.add_batch(X)
+    assert ((gptq.prune(W).weight != 0) & (W == 0)).sum() == 0
+    X, W = correlated_inputs(dim=320), torch.randn(16, 320)  # unstructured: 3 blocks of columns, in the pass's order
+    for pattern in ("2:4", "unstructured"):
+        selecting, passing = (SparseGPTConfig(0.5, pattern, update=False, act_order=True).make_pruner(320, "cpu")
+                              for _ in range(2))
+        selecting.add_batch(X)
+        passing.add_batch(X)
+        assert torch.equal(selecting.mask(W), passing.prune(W).weight != 0)

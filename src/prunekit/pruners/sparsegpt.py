@@ -37,6 +37,11 @@ class SparseGPTConfig(LayerwiseConfig):
                                                      "above": 0.0})
     update: bool = field(default=True, metadata={"flag": "--no-update",
                                                  "help": "mask only, without weight reconstruction"})
+    act_order: bool = field(default=False, metadata={
+        "flag": "--act-order",
+        "help": "run the column pass in descending order of the Hessian's diagonal (GPTQ's act-order; N:M groups move "
+                "whole, ranked by their summed diagonal), so the most active inputs are settled first and the later "
+                "columns absorb their error"})
     quantize: str = field(default="none", metadata={
         "help": "fp8: also round the kept weights to FP8 (E4M3, a scale per output channel) in the same column "
                 "pass, their rounding error compensated like the pruning error; the model then runs W8A8 (inputs "
@@ -58,7 +63,7 @@ class SparseGPTPruner(Pruner):
         super().__init__(config, in_features, device)
         self.H: torch.Tensor | None = None  # allocated by the first add_batch
         self.tokens = 0
-        self._factor = self._cholesky = self._selection = None
+        self._factor = self._cholesky = self._selection = self._order = None
 
     def add_batch(self, x: torch.Tensor) -> None:
         """H = (2/n) Σ x xᵀ over the n calibration tokens, kept as a running mean for fp32 accuracy."""
@@ -70,13 +75,13 @@ class SparseGPTPruner(Pruner):
         self.tokens += n
         x = x * (2.0 / self.tokens) ** 0.5
         self.H += x.t() @ x
-        self._factor = self._cholesky = self._selection = None
+        self._factor = self._cholesky = self._selection = self._order = None
 
     def load_gram(self, G: torch.Tensor) -> None:
         """The selection's state from G = Σ xᵀx (its scale does not matter: the damping is relative). Only that
         state (two vectors) is kept, not G: RotPruner holds one such pruner per operator group while it trains.
         A pruner loaded this way selects (`mask`) but does not reconstruct (`prune` needs `add_batch`)."""
-        self.H, self._factor, self._cholesky = G, None, None
+        self.H, self._factor, self._cholesky, self._order = G, None, None, None
         self._selection = self._selection_state()
         self.H = self._cholesky = None
 
@@ -90,13 +95,36 @@ class SparseGPTPruner(Pruner):
             self._cholesky = self._factorize()
         return self._cholesky
 
+    def _column_order(self, diag: torch.Tensor) -> torch.Tensor | None:
+        """act_order: the columns by descending diag(H), an N:M pattern's groups of M moved whole (ranked by their
+        summed diagonal, their columns kept in order, so every group stays one group); None: the natural order."""
+        if not self.config.act_order:
+            return None
+        m = self.config.pattern.m if self.config.pattern.is_nm else 1
+        groups = torch.argsort(diag.view(-1, m).sum(1), descending=True, stable=True)
+        return (groups.unsqueeze(1) * m + torch.arange(m, device=diag.device)).reshape(-1)
+
+    def _natural(self, v: torch.Tensor) -> torch.Tensor:
+        """A tensor whose first dimension runs over the columns in the pass's order (`_order`), put back in the
+        weight's own order."""
+        if self._order is None:
+            return v
+        out = torch.empty_like(v)
+        out[self._order] = v
+        return out
+
     def _factorize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # one in × in temporary besides H and L (an 8B model's down_proj: 0.8 GB each): J H J, damped in place
+        # one in × in temporary besides H and L (an 8B model's down_proj: 0.8 GB each): J P H Pᵀ J, damped in place
+        # (P the pass's column order, `_order`; J reverses it)
         diag = torch.diag(self.H)
+        self._order = self._column_order(diag)
+        reverse = None if self._order is None else self._order.flip(0)
+        if self._order is not None:
+            diag = diag[self._order]
         dead = diag == 0
         damp = self.config.percdamp * torch.mean(torch.where(dead, 1.0, diag))
         for attempt in range(6):  # raise the damping tenfold while H + λI is numerically not positive definite
-            JHJ = self.H.flip(0, 1)
+            JHJ = self.H.flip(0, 1) if reverse is None else self.H[reverse][:, reverse]
             JHJ.diagonal()[dead.flip(0)] = 1.0
             JHJ.diagonal().add_(damp * 10**attempt)
             L, info = torch.linalg.cholesky_ex(JHJ)
@@ -108,7 +136,7 @@ class SparseGPTPruner(Pruner):
     def inverse_hessian_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, dead): U is the upper Cholesky factor of (H + λI)⁻¹. If J H J = L Lᵀ (J reverses the order),
         then H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) with J L⁻¹ J upper triangular. Computed once and shared by the
-        operators of a group."""
+        operators of a group. Both are in the pass's column order (`_order`; with act_order, of P H Pᵀ)."""
         if self._factor is None:
             L, dead = self._damped_cholesky()
             if self._selection is None:  # what `mask` needs (two vectors), kept before H and L go
@@ -123,26 +151,28 @@ class SparseGPTPruner(Pruner):
         return self._factor
 
     def _selection_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(d, dead) with d_j = [U]_jj, U as in `inverse_hessian_factor`: [U]_jj = 1 / [L]_jj reversed."""
+        """(d, dead) with d_j = [U]_jj, U as in `inverse_hessian_factor`: [U]_jj = 1 / [L]_jj reversed (in the
+        pass's column order)."""
         L, dead = self._damped_cholesky()
         return (1.0 / torch.diagonal(L)).flip(0), dead
 
     def mask(self, weight: torch.Tensor) -> torch.Tensor:
         """SparseGPT's selection without the reconstruction: w_ij² / [U]_jj² per block of columns (or per
-        N:M group)."""
+        N:M group), the blocks taken in the pass's column order as `prune` takes them."""
         if self._selection is None:
             self._selection = self._selection_state()
         d, dead = self._selection
-        scores = weight.pow(2) / d.pow(2).unsqueeze(0)
+        scores = (weight if self._order is None else weight[:, self._order]).pow(2) / d.pow(2).unsqueeze(0)
         scores[:, dead] = 0.0  # the weights of inputs that never fire are zeroed before choosing
         pattern = self.config.pattern
         if pattern.is_nm:
-            return keep_n_of_m(scores, pattern.n, pattern.m)
-        keep = torch.empty_like(scores, dtype=torch.bool)
-        for i1 in range(0, scores.shape[1], self.config.blocksize):
-            i2 = min(i1 + self.config.blocksize, scores.shape[1])
-            keep[:, i1:i2] = keep_in_matrix(scores[:, i1:i2], self.config.sparsity)
-        return keep
+            keep = keep_n_of_m(scores, pattern.n, pattern.m)
+        else:
+            keep = torch.empty_like(scores, dtype=torch.bool)
+            for i1 in range(0, scores.shape[1], self.config.blocksize):
+                i2 = min(i1 + self.config.blocksize, scores.shape[1])
+                keep[:, i1:i2] = keep_in_matrix(scores[:, i1:i2], self.config.sparsity)
+        return self._natural(keep.t()).t()
 
     def prune(self, weight: torch.Tensor) -> Pruned:
         """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for
@@ -163,10 +193,14 @@ class SparseGPTPruner(Pruner):
             raise ValueError("SparseGPT reconstructs from its own statistics: feed add_batch before prune "
                              "(load_gram gives the selection only)")
         Hinv, dead = self.inverse_hessian_factor()
-        Wt = weight.to(Hinv.dtype).t().clone(memory_format=torch.contiguous_format)  # [in, out]
+        order = self._order  # the pass's column order (act_order), or None: the weight's own
+        Wt = weight.to(Hinv.dtype).t()  # [in, out]
+        Wt = Wt.clone(memory_format=torch.contiguous_format) if order is None else Wt[order]
         Wt[dead] = 0.0
         scale = fp8_scale(Wt.t(), SCALE_HEADROOM).to(Wt.device) if cfg.quantize == "fp8" else None  # [out]
         kept = torch.ones_like(Wt, dtype=torch.bool) if fixed_mask is None else fixed_mask.t().contiguous()
+        if order is not None and fixed_mask is not None:
+            kept = kept[order]
         choose_mask = fixed_mask is None
         for i1 in range(0, Wt.shape[0], cfg.blocksize):
             i2 = min(i1 + cfg.blocksize, Wt.shape[0])
@@ -197,6 +231,8 @@ class SparseGPTPruner(Pruner):
                 B.masked_fill_(keep.logical_not(), 0.0)
             if cfg.update:
                 Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), errs, alpha=-1.0)
+        if order is not None:  # back to the weight's own column order
+            Wt, kept = self._natural(Wt), self._natural(kept)
         return Pruned(Wt.t().contiguous(), kept.t().contiguous())
 
 
