@@ -59,7 +59,13 @@ def run_cell(name: str, model, calib, device: str, act_order: bool = False):
 def cell_key(model: str, cell: str, headroom: int | None, act_order: bool | None) -> tuple:
     """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0), and a
     SparseGPT cell's column order (rows from before `--act-order` had none)."""
-    return model, cell, (headroom or 0) if "fp8" in cell else None, bool(act_order) and cell.startswith("sparsegpt")
+    return model, cell, (headroom or 0) if uses_headroom(cell) else None, bool(act_order) and cell.startswith("sparsegpt")
+
+
+def uses_headroom(cell: str) -> bool:
+    """Whether the cell runs the column pass with FP8 (SparseGPT's or GPTQ's), whose scales take the headroom;
+    rounding to nearest does not."""
+    return "fp8" in cell and "rtn" not in cell
 
 
 def main() -> None:
@@ -108,7 +114,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
         row = {"model": args.model, "cell": name, "prune_s": seconds,
-               "scale_headroom": headroom if "fp8" in name else None,
+               "scale_headroom": headroom if uses_headroom(name) else None,
                "act_order": args.act_order if name.startswith("sparsegpt") else None, "c4_val_ppl": ppl["c4-val"],
                "wikitext2_test_ppl": ppl["wikitext2"], "environment": env}
         with out.open("a") as f:

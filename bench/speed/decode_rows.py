@@ -1,6 +1,7 @@
 """Dense against 2:4 per linear shape of a published model at decode's row counts (batch sizes), with every 2:4
 candidate's time: what the layer chooses for each (shape, rows) and what each kernel took (prunekit.eval.speed's
-compare_linear: CUDA graphs, L2 flushed, contiguous outputs as q/k/v and ≤ 16 rows get them).
+compare_linear: CUDA graphs, cycling through weight copies larger than the L2 cache, contiguous outputs as q/k/v and
+≤ 16 rows get them; the layer's own choice times each candidate with the L2 flushed).
 
     PYTHONPATH=src python bench/speed/decode_rows.py --shape 8b --rows 16 --dtype bfloat16 --out rows.json
 """

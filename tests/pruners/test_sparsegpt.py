@@ -157,21 +157,53 @@ def test_act_order_is_the_textbook_pass_on_permuted_columns(pattern, prunen, pru
         assert max_nonzeros_per_group(ours, 4) == 2
 
 
-def test_act_order_keeps_a_fixed_mask_and_answers_the_selection_in_the_weights_order():
-    """GPTQ's pass with act_order keeps the given zeros; `mask` (selection only, as RotPruner uses it) answers in W's own
-    order: it is the mask of the same pass without updates."""
+@pytest.mark.parametrize("make", ["sparsegpt-fp8", "gptq"])
+def test_act_order_is_the_plain_pass_on_permuted_inputs(make):
+    """With FP8 rounding in the pass (SparseGPT's and GPTQ's), act_order = the natural-order pass on the inputs and
+    columns permuted by act_order's P, put back; GPTQ keeps exactly the given zeros and returns them as its mask."""
     from prunekit.pruners.sparsegpt import GPTQConfig
 
-    X = correlated_inputs(dim=64)
-    W = torch.randn(16, 64)
-    W[torch.rand(16, 64, generator=torch.Generator().manual_seed(3)) < 0.5] = 0.0
-    gptq = GPTQConfig(act_order=True).make_pruner(64, "cpu")
-    gptq.add_batch(X)
-    assert ((gptq.prune(W).weight != 0) & (W == 0)).sum() == 0
+    torch.set_default_dtype(torch.float64)
+    try:
+        X = correlated_inputs(dim=256).double()[:, torch.randperm(256, generator=torch.Generator().manual_seed(4))]
+        W = torch.randn(24, 256, dtype=torch.float64)
+        if make == "gptq":
+            W[torch.rand(24, 256, generator=torch.Generator().manual_seed(3)) < 0.5] = 0.0
+
+        def pruner(act_order, inputs):
+            config = GPTQConfig(act_order=act_order) if make == "gptq" else \
+                SparseGPTConfig(pattern="2:4", quantize="fp8", act_order=act_order)
+            p = config.make_pruner(256, "cpu")
+            p.H = torch.zeros(256, 256, dtype=torch.float64)
+            p.add_batch(inputs)
+            return p
+
+        ordered = pruner(True, X)
+        ours = ordered.prune(W)
+        perm = ordered._order
+        assert not torch.equal(perm, torch.arange(256))
+        plain = pruner(False, X[:, perm]).prune(W[:, perm])
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(ours.mask[:, perm], plain.mask)
+    assert torch.allclose(ours.weight[:, perm], plain.weight, atol=1e-6)
+    if make == "gptq":
+        assert torch.equal(ours.mask, W != 0)
+    else:
+        assert max_nonzeros_per_group(ours.weight, 4) <= 2
+
+
+def test_act_order_selection_answers_in_the_weights_order():
+    """`mask` (selection only), after add_batch or load_gram as RotPruner loads it, answers in W's own order: the
+    mask of the same pass without updates."""
     X, W = correlated_inputs(dim=320), torch.randn(16, 320)  # unstructured: 3 blocks of columns, in the pass's order
+    X[:, 7] = 0.0  # a dead input
     for pattern in ("2:4", "unstructured"):
-        selecting, passing = (SparseGPTConfig(0.5, pattern, update=False, act_order=True).make_pruner(320, "cpu")
-                              for _ in range(2))
-        selecting.add_batch(X)
+        config = SparseGPTConfig(0.5, pattern, update=False, act_order=True)
+        fed, loaded, passing = (config.make_pruner(320, "cpu") for _ in range(3))
+        fed.add_batch(X)
         passing.add_batch(X)
-        assert torch.equal(selecting.mask(W), passing.prune(W).weight != 0)
+        loaded.load_gram(X.t() @ X)
+        expected = passing.prune(W).weight != 0
+        assert torch.equal(fed.mask(W), expected) and torch.equal(loaded.mask(W), expected)
+        assert fed.mask(W).is_contiguous() and not expected[:, 7].any()

@@ -86,7 +86,8 @@ class SparseGPTPruner(Pruner):
         self.H = self._cholesky = None
 
     def _damped_cholesky(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, dead): J (H + λI) J = L Lᵀ with J reversing the order, λ = percdamp · mean diag(H).
+        """(L, dead): J P (H + λI) Pᵀ J = L Lᵀ with J reversing the order, P the pass's column order (`_order`: the
+        identity unless act_order), λ = percdamp · mean diag(H); `dead` in P's order.
 
         Damping keeps H invertible when calibration inputs are rank-deficient; 1% of the mean diagonal
         is the paper's choice. Inputs that never fire (`dead`) get H_jj = 1 and their weights are zeroed.
@@ -124,7 +125,7 @@ class SparseGPTPruner(Pruner):
         dead = diag == 0
         damp = self.config.percdamp * torch.mean(torch.where(dead, 1.0, diag))
         for attempt in range(6):  # raise the damping tenfold while H + λI is numerically not positive definite
-            JHJ = self.H.flip(0, 1) if reverse is None else self.H[reverse][:, reverse]
+            JHJ = self.H.flip(0, 1) if reverse is None else self.H[reverse[:, None], reverse]
             JHJ.diagonal()[dead.flip(0)] = 1.0
             JHJ.diagonal().add_(damp * 10**attempt)
             L, info = torch.linalg.cholesky_ex(JHJ)
@@ -172,7 +173,11 @@ class SparseGPTPruner(Pruner):
             for i1 in range(0, scores.shape[1], self.config.blocksize):
                 i2 = min(i1 + self.config.blocksize, scores.shape[1])
                 keep[:, i1:i2] = keep_in_matrix(scores[:, i1:i2], self.config.sparsity)
-        return self._natural(keep.t()).t()
+        if self._order is None:
+            return keep
+        natural = torch.empty_like(keep)
+        natural[:, self._order] = keep
+        return natural
 
     def prune(self, weight: torch.Tensor) -> Pruned:
         """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for

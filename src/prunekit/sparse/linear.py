@@ -170,7 +170,7 @@ class SparseLinear24(nn.Module):
         if not triton_decode.available():
             left_out["triton"] = "Triton is not installed"
         elif rows <= triton_decode.MAX_ROWS:
-            tuned = (self.out_features, self.in_features, triton_decode.MAX_ROWS)
+            tuned = (self.out_features, self.in_features, triton_decode.MAX_ROWS, self.values.dtype)
             try:
                 if tuned not in triton_decode.TUNED:  # once per shape, at 16 rows: every row count ≤ 16 uses it
                     triton_decode.tune(self.values, self.meta, triton_decode.MAX_ROWS)

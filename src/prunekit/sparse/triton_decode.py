@@ -26,14 +26,15 @@ except ImportError:  # CPU installs without Triton: callers check `available()`
     triton = None
 
 MAX_ROWS = 16
-#: spmm24's launch until `tune` has run for a shape (a guess from the byte count, not measured)
-DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3}
+#: spmm24's launch until `tune` has run for a shape (a guess, not measured; no split-K, so its sums are reproducible:
+#: split-K programs add fp32 partial sums with atomics, in whatever order they finish)
+DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
 #: gemv24 launch configurations: BLOCK_N rows × BLOCK_B index bytes (4 values each) per program and step
 GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
                 for n in (1, 2, 4, 8) for bb in (64, 128, 256) for w in (1, 2, 4, 8) for st in (2, 3)
                 if 32 * w <= n * bb <= 32 * 32 * w]  # 1 to 32 bytes per thread
 GEMV_DEFAULT = {"BLOCK_N": 4, "BLOCK_B": 128, "num_warps": 4, "num_stages": 3}  # the tuned best for 4096×4096 (BENCHMARKS.md)
-#: best launch configuration per (out, in, rows) for spmm24, (out, in, "gemv", dtype) for gemv24 and (out, in, "gemv_fp8")
+#: best launch configuration per (out, in, rows, dtype) for spmm24, (out, in, "gemv", dtype) for gemv24 and (out, in, "gemv_fp8")
 #: for triton_fp8.gemv24_fp8, filled by `time_configs` (measured on the device in use)
 TUNED: dict[tuple, dict] = {}
 #: per TUNED key, the configurations `time_configs` could not run: {"count": how many, "last": the last one and why}
@@ -260,7 +261,7 @@ def spmm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
         raise ValueError(f"spmm24 serves at most {MAX_ROWS} rows, got {rows}")
     x = x.contiguous()
     N = values.shape[0]
-    cfg = config or TUNED.get((N, K, rows)) or TUNED.get((N, K, MAX_ROWS)) or DEFAULT_CONFIG
+    cfg = config or TUNED.get((N, K, rows, x.dtype)) or TUNED.get((N, K, MAX_ROWS, x.dtype)) or DEFAULT_CONFIG
     split = cfg.get("SPLIT_K", 1)
     # split-K programs add partial sums into an fp32 buffer, which is then cast
     y = torch.zeros(rows, N, dtype=torch.float32, device=x.device) if split > 1 else \
@@ -286,7 +287,7 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     x = torch.randn(rows, 2 * values.shape[1], dtype=values.dtype, device=values.device, generator=g)
     fn = gemv24 if kernel == "gemv" else spmm24
     key = (values.shape[0], 2 * values.shape[1], "gemv", values.dtype) if kernel == "gemv" else \
-        (values.shape[0], 2 * values.shape[1], rows)
+        (values.shape[0], 2 * values.shape[1], rows, values.dtype)
     return time_configs(key, kernel, lambda cfg: [lambda v=v, m=m: fn(x, v, m, config=cfg) for v, m in weights],
                         configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS))
 
