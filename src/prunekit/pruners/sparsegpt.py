@@ -105,14 +105,12 @@ class SparseGPTPruner(Pruner):
         groups = torch.argsort(diag.view(-1, m).sum(1), descending=True, stable=True)
         return (groups.unsqueeze(1) * m + torch.arange(m, device=diag.device)).reshape(-1)
 
-    def _natural(self, v: torch.Tensor) -> torch.Tensor:
-        """A tensor whose first dimension runs over the columns in the pass's order (`_order`), put back in the
+    def _natural(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """A tensor whose dimension `dim` runs over the columns in the pass's order (`_order`), put back in the
         weight's own order."""
         if self._order is None:
-            return v
-        out = torch.empty_like(v)
-        out[self._order] = v
-        return out
+            return t
+        return torch.empty_like(t).index_copy_(dim, self._order, t)
 
     def _factorize(self) -> tuple[torch.Tensor, torch.Tensor]:
         # one in × in temporary besides H and L (an 8B model's down_proj: 0.8 GB each): J P H Pᵀ J, damped in place
@@ -173,11 +171,7 @@ class SparseGPTPruner(Pruner):
             for i1 in range(0, scores.shape[1], self.config.blocksize):
                 i2 = min(i1 + self.config.blocksize, scores.shape[1])
                 keep[:, i1:i2] = keep_in_matrix(scores[:, i1:i2], self.config.sparsity)
-        if self._order is None:
-            return keep
-        natural = torch.empty_like(keep)
-        natural[:, self._order] = keep
-        return natural
+        return self._natural(keep, dim=1)
 
     def prune(self, weight: torch.Tensor) -> Pruned:
         """Algorithm 1 of the paper: per block of columns choose the mask by w²/[H⁻¹]²_jj, then for
