@@ -11,7 +11,8 @@ through their exact reference product (FP8 values and scales, products in fp32),
 numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells already there are skipped.
 `--scale-headroom K` sets the column pass's FP8 scale headroom (prunekit.pruners.sparsegpt.SCALE_HEADROOM, in
 binades above each dense row's largest weight) for a selection sweep on C4 validation; rows record it.
-`--act-order` runs the SparseGPT cells' column pass in act-order (SparseGPTConfig.act_order); rows record it.
+`--act-order` runs the SparseGPT cells' column pass in act-order (SparseGPTConfig.act_order); rows record it. The
+`sparsegpt-50%` cell (unstructured, not in the default list) is there to see what act-order does without N:M groups.
 
     PYTHONPATH=src python bench/quality/fp8_quality.py --model smollm2-135m --out bench/results/fp8_quality_cpu.jsonl
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environm
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CELLS = ("sparsegpt-2:4", "sparsegpt-2:4+fp8", "sparsegpt-2:4+fp8-weights", "wanda-2:4", "wanda-2:4+gptq-fp8")
+OTHER_CELLS = ("sparsegpt-50%",)  # unstructured 50%
 DENSE_CELLS = ("dense", "dense+fp8-rtn", "dense+fp8-rtn-weights", "dense+gptq-fp8")  # what FP8 costs with no pruning
 
 
@@ -45,7 +47,8 @@ def run_cell(name: str, model, calib, device: str, act_order: bool = False):
                                                activations="none" if name.endswith("-weights") else "fp8"),
                               calib if "gptq" in name else None, device=device, progress=False)
     elif name.startswith("sparsegpt"):
-        prunekit.prune(model, SparseGPTConfig(pattern="2:4", quantize="fp8" if "fp8" in name else "none",
+        pattern = "unstructured" if name == "sparsegpt-50%" else "2:4"
+        prunekit.prune(model, SparseGPTConfig(pattern=pattern, sparsity=0.5, quantize="fp8" if "fp8" in name else "none",
                                               act_order=act_order), calib,
                        device=device, progress=False)
         if name.endswith("-weights"):  # the same FP8 weights, inputs left unquantized
@@ -71,7 +74,8 @@ def uses_headroom(cell: str) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local directory, .gguf file or hub id")
-    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {', '.join(CELLS + DENSE_CELLS)}")
+    known = CELLS + DENSE_CELLS + OTHER_CELLS
+    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {', '.join(known)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--val-windows", type=int, default=20, help="C4 validation windows of 1024 tokens")
     p.add_argument("--data", default=str(DATA))
@@ -81,9 +85,9 @@ def main() -> None:
     p.add_argument("--scale-headroom", type=int, help="binades of FP8 scale headroom in the column pass "
                    "(default: the library's SCALE_HEADROOM)")
     args = p.parse_args()
-    unknown = [c for c in args.cells.split(",") if c not in CELLS + DENSE_CELLS]
+    unknown = [c for c in args.cells.split(",") if c not in known]
     if unknown:
-        p.error(f"unknown cell {unknown[0]!r}: choose from {', '.join(CELLS + DENSE_CELLS)}")
+        p.error(f"unknown cell {unknown[0]!r}: choose from {', '.join(known)}")
 
     from environment import environment
     from protocol import protocol_q

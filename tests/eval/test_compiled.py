@@ -79,7 +79,32 @@ def test_a_freed_model_is_not_kept_alive(fresh_dynamo):
 def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
     model = _sparse_llama(1)
     layers = [m for m in model.modules() if isinstance(m, SparseLinear24)]
+    layers[0].contiguous_output = False  # a layer sparsify left as a view (not feeding attention)
     compiled_module.compiled(model, backend="aot_eager")
     assert all("forward" in vars(m) for m in layers)
+    assert not any(m.contiguous_output for m in layers)  # compiled, the op decides the layout
     compiled_module.restore(model)
     assert not any("forward" in vars(m) for m in layers)
+    assert [m.contiguous_output for m in layers] == [False] + [True] * (len(layers) - 1)
+
+
+def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo):
+    """Above 16 rows (a multiple of 16) the op hands back the output transposed in memory, as cuSPARSELt writes it
+    (on CPU the layer's contiguous result is laid out so), and its fake has the same shape and strides (opcheck);
+    a compiled prefill of 2 × 16 tokens gives the eager logits."""
+    model = _sparse_llama(1)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(ids).logits
+        fast = compiled_module.compiled(model, backend="aot_eager")
+        assert torch.allclose(fast(ids).logits, eager, atol=1e-6, rtol=0)
+    layer = next(m for m in model.modules() if isinstance(m, SparseLinear24))
+    index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
+    for shape in ((1, layer.in_features), (12, layer.in_features), (32, layer.in_features), (2, 16, layer.in_features)):
+        x = torch.randn(shape)
+        y = compiled_module.kernel_layer(x, index)
+        assert torch.allclose(y, x @ layer.dense_weight().T, atol=1e-5)
+        rows = x.numel() // x.shape[-1]
+        assert y.is_contiguous() == (rows <= 16)
+        assert y.reshape(rows, -1).stride() == ((layer.out_features, 1) if rows <= 16 else (1, rows))
+        torch.library.opcheck(compiled_module.kernel_layer, (x, index))

@@ -43,9 +43,9 @@ def test_gemv24_compiles_for_sm80_and_sm90(dtype, arch):  # ptxas checks the inl
 
 @pytest.mark.parametrize("config", [triton_decode.DEFAULT_CONFIG, {**triton_decode.CONFIGS[-1], "SPLIT_K": 8}])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_spmm24_compiles_for_sm90(config, dtype):  # split-K's atomics and the bias branch included
-    sig = {**{name: f"*{dtype}" for name in PTRS}, "m_ptr": "*u8", "N": "i32", "K": "i32", "stride_xb": "i32",
-           "stride_vn": "i32", "stride_mn": "i32", "stride_yb": "i32", "B": "i32"}
+def test_spmm24_compiles_for_sm90(config, dtype):  # split-K's arrival count and the bias branch included
+    sig = {**{name: f"*{dtype}" for name in PTRS}, "m_ptr": "*u8", "ws_ptr": "*fp32", "count_ptr": "*i32", "N": "i32",
+           "K": "i32", "stride_xb": "i32", "stride_vn": "i32", "stride_mn": "i32", "stride_yb": "i32", "B": "i32"}
     cubin = compile_for_hopper(triton_decode._spmm24_kernel, sig,
                                {"BLOCK_N": config["BLOCK_N"], "BLOCK_K": config["BLOCK_K"], "SPLIT_K": config["SPLIT_K"],
                                 "HAS_BIAS": True}, num_warps=config["num_warps"])

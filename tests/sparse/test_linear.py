@@ -82,6 +82,9 @@ def test_spmm_matches_dense_on_cuda(dtype, rows, out, inp):
     for cfg in triton_decode.CONFIGS[::3] + [triton_decode.DEFAULT_CONFIG]:  # every tile size and split-K factor
         y = triton_decode.spmm24(x, values, meta, bias, cfg).float()
         assert ((y - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2), cfg
+        for _ in range(20):  # split-K's last program reads the others' partials: a race would change the sums
+            assert torch.equal(triton_decode.spmm24(x, values, meta, bias, cfg).float(), y), cfg
+    assert not triton_decode.arrival_counts(x.device, 1).any()
 
 
 @pytest.mark.skipif(not triton_interpreter.available(), reason="needs Triton installed (runs its interpreter on CPU)")
@@ -97,7 +100,10 @@ def test_triton_kernels_in_the_interpreter(rows, out, inp):
     with triton_interpreter.interpreted(triton_decode):
         for small in ({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4},  # split-K, partial steps
                       {"BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 1, "num_warps": 4}):
-            assert torch.allclose(triton_decode.spmm24(x, values, meta, bias, small), x @ W.T + bias, atol=1e-4)
+            y = triton_decode.spmm24(x, values, meta, bias, small)
+            assert torch.allclose(y, x @ W.T + bias, atol=1e-4)
+            assert torch.equal(triton_decode.spmm24(x, values, meta, bias, small), y)  # split-K sums in a fixed order
+        assert not triton_decode.arrival_counts(x.device, 1).any()  # the last program of each block reset its count
         if rows == 1:  # gemv24 reads 16-bit floats; here its plain-Triton twin of the PTX step runs
             for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
                 v16, x16, b16 = values.to(dtype), x.to(dtype), bias.to(dtype)

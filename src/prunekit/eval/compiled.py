@@ -6,9 +6,15 @@ eager kernels. `compiled(model)` is torch.compile(model) with every layer that r
 (SparseLinear24 and SparseLinear24FP8, LinearFP8) called through one opaque custom op, `prunekit::kernel_layer`:
 the layer's planning — timing its kernels on first use, refusals, `paths` — stays Python and eager inside the op,
 while the model traces as one graph per input shape with no breaks (a break per linear would make Dynamo compile
-every layer's pieces apart, past its recompile limit: the later layers would silently run eager). The op returns
-a contiguous output (a 2:4 layer may hand back a transposed view; Inductor plans for the fake's strides). Same
-numbers as the eager model up to the order of fused floating-point operations.
+every layer's pieces apart, past its recompile limit: the later layers would silently run eager).
+
+The op's output layout is fixed by the layer and the row count alone, so that its fake (which Inductor plans the
+following kernels on) has the real output's strides: a 2:4 layer at more than 16 rows (a multiple of 16) hands
+back cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows, out] transposed
+(`transposed_output`); everything else is contiguous. Eagerly, attention's q/k/v copy that transposed result into a
+contiguous one, an unfused strided copy that cost them more than the 2:4 product saved (BENCHMARKS.md, issue 25);
+compiled, Inductor folds the change of layout into the kernel that reads the output next (rotary embedding, SiLU ·
+up, the residual add). Same numbers as the eager model up to the order of fused floating-point operations.
 """
 
 from __future__ import annotations
@@ -34,16 +40,36 @@ def _layer(index: int) -> nn.Module:
     return layer
 
 
+def transposed_output(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the op returns the layer's output on x transposed in memory (module docstring): where the 2:4 layer
+    writes it so (SparseLinear24.writes_transposed)."""
+    return isinstance(layer, SparseLinear24) and layer.writes_transposed(x.numel() // x.shape[-1])
+
+
+def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> torch.Tensor:
+    lead = x.shape[:-1]
+    if not transposed:
+        return x.new_empty((*lead, out_features))
+    return x.new_empty((out_features, x.numel() // x.shape[-1])).t().view(*lead, out_features)
+
+
 @torch.library.custom_op("prunekit::kernel_layer", mutates_args=())
 def kernel_layer(x: torch.Tensor, index: int) -> torch.Tensor:
-    """The eager forward of kernel layer `index` on x, contiguous."""
+    """The eager forward of kernel layer `index` on x, in the layout `transposed_output` names."""
     layer = _layer(index)
-    return type(layer).forward(layer, x).contiguous()
+    y = type(layer).forward(layer, x)
+    if not transposed_output(layer, x):
+        return y.contiguous()
+    if y.reshape(-1, y.shape[-1]).stride() == (1, y.numel() // y.shape[-1]):
+        return y
+    out = _empty_like_output(x, y.shape[-1], True)  # a path that wrote [rows, out] (e.g. the dense fallback)
+    return out.copy_(y)
 
 
 @kernel_layer.register_fake
 def _(x: torch.Tensor, index: int) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], _layer(index).out_features))
+    layer = _layer(index)
+    return _empty_like_output(x, layer.out_features, transposed_output(layer, x))
 
 
 def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
@@ -60,6 +86,9 @@ def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
             index = max(_LAYERS, default=-1) + 1
             _LAYERS[index] = weakref.ref(module)
             module.forward = lambda x, index=index: kernel_layer(x, index)
+            if isinstance(module, SparseLinear24):  # the op keeps cuSPARSELt's layout (module docstring)
+                module.eager_contiguous_output = module.contiguous_output
+                module.contiguous_output = False
     return torch.compile(model, dynamic=False, backend=backend)
 
 
@@ -68,3 +97,6 @@ def restore(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, KERNEL_LAYERS) and "forward" in vars(module):
             del module.forward
+            if hasattr(module, "eager_contiguous_output"):
+                module.contiguous_output = module.eager_contiguous_output
+                del module.eager_contiguous_output

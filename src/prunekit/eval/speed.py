@@ -22,9 +22,10 @@ import torch.nn as nn
 
 from ..models.adapters import attention_inputs
 from ..patterns import keep_n_of_m
+from ..quantize.linear import LinearFP8
 from ..quantize.model import FP8Config, quantize
 from ..sparse.linear import SparseLinear24, convertible_shapes, kernel_paths, sparsify
-from ..sparse.linear_fp8 import sparsify_fp8
+from ..sparse.linear_fp8 import SparseLinear24FP8, sparsify_fp8
 from ..sparse.packing import is_24
 from ..sparse.paths import path_counts
 from ..sparse.timing import copies_past_l2, graph, median_ms, time_calls
@@ -49,9 +50,11 @@ def random_24_linears(out_features: int, in_features: int, dtype=torch.float16) 
 
 
 def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch.float16,
-                   graphed: bool = True, view_output: bool = False) -> dict:
+                   graphed: bool = True, view_output: bool = False, fp8: bool = False) -> dict:
     """Dense vs SparseLinear24 milliseconds for one weight shape and token count (`view_output`: the
-    layer returns its transposed result as a view, as layers not feeding attention do)."""
+    layer returns its transposed result as a view, as layers not feeding attention do). With `fp8`, also the
+    same weights as LinearFP8 (dense FP8, torch._scaled_mm) and SparseLinear24FP8 (2:4 + FP8), both with FP8
+    inputs per token: "dense_fp8_ms", "sparse_fp8_ms" and their kernel paths."""
     dense = random_24_linears(out_features, in_features, dtype)
     sparse = [SparseLinear24.from_linear(layer) for layer in dense]
     for layer in sparse:
@@ -62,9 +65,20 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
         err = ((sparse[0](x).float() - ref.float()).norm() / ref.float().norm()).item()
         dense_ms = time_calls([lambda layer=layer: layer(x) for layer in dense], graphed=graphed)
         sparse_ms = time_calls([lambda layer=layer: layer(x) for layer in sparse], graphed=graphed)
-    return {"out": out_features, "in": in_features, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
-            "graphed": graphed, "view_output": view_output, "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
-            "rel_err": err, "kernel_paths": dict(sparse[0].paths)}
+        row = {"out": out_features, "in": in_features, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
+               "graphed": graphed, "view_output": view_output, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
+               "speedup": dense_ms / sparse_ms, "rel_err": err, "kernel_paths": dict(sparse[0].paths)}
+        if fp8:
+            del sparse
+            dense_fp8 = [LinearFP8.from_linear(layer) for layer in dense]
+            del dense
+            sparse_fp8 = [SparseLinear24FP8.from_linear(layer) for layer in dense_fp8]
+            for layer in sparse_fp8:
+                layer.contiguous_output = not view_output
+            row["dense_fp8_ms"] = time_calls([lambda layer=layer: layer(x) for layer in dense_fp8], graphed=graphed)
+            row["sparse_fp8_ms"] = time_calls([lambda layer=layer: layer(x) for layer in sparse_fp8], graphed=graphed)
+            row["kernel_paths_fp8"] = {"dense_fp8": dict(dense_fp8[0].paths), "sparse_fp8": dict(sparse_fp8[0].paths)}
+    return row
 
 
 @torch.no_grad()

@@ -99,6 +99,13 @@ class SparseLinear24(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         return unpack_24(self.values, self.meta)
 
+    def writes_transposed(self, rows: int) -> bool:
+        """Whether, with contiguous_output off, the output of `rows` rows on CUDA is cuSPARSELt's W xᵀ [out, rows]
+        seen transposed: more than 16 rows (fewer run the Triton kernels or are copied), a multiple of 16 (others are
+        padded), and torch's cuSPARSELt (the newer library writes [rows, out]). Decided from the row count alone, so
+        that a compiled model can know the layout before the layer runs (eval.compiled)."""
+        return rows > triton_decode.MAX_ROWS and rows % 16 == 0 and cusparselt_lib.load() is None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)

@@ -62,6 +62,10 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         values, meta = pack_24(linear.weight)
         return cls(values, meta, linear.weight_scale, linear.bias, linear.in_features, linear.activations)
 
+    def writes_transposed(self, rows: int) -> bool:
+        """As SparseLinear24's: cslt_fp8 (torch's cuSPARSELt, whatever else is installed) at more than 16 rows."""
+        return rows > triton_fp8.MAX_ROWS and rows % 16 == 0
+
     def fp8_weight(self) -> torch.Tensor:
         """Q [out, in] float8_e4m3fn, unpacked."""
         return unpack_24(self.values, self.meta)
@@ -184,7 +188,8 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         y = y[:, :rows].t() * sx * self.weight_scale
         if self.bias is not None:
             y = y + self.bias
-        return y.to(x2.dtype).contiguous()
+        y = y.to(x2.dtype)
+        return y.contiguous() if self.contiguous_output else y
 
     def _prepare_fp8(self) -> None:
         if self._compressed is not None and self._compressed.device == self.values.device:

@@ -26,8 +26,7 @@ except ImportError:  # CPU installs without Triton: callers check `available()`
     triton = None
 
 MAX_ROWS = 16
-#: spmm24's launch until `tune` has run for a shape (a guess, not measured; no split-K, so its sums are reproducible:
-#: split-K programs add fp32 partial sums with atomics, in whatever order they finish)
+#: spmm24's launch until `tune` has run for a shape (a guess, not measured)
 DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
 #: gemv24 launch configurations: BLOCK_N rows × BLOCK_B index bytes (4 values each) per program and step
 GEMV_CONFIGS = [{"BLOCK_N": n, "BLOCK_B": bb, "num_warps": w, "num_stages": st}
@@ -64,8 +63,8 @@ if triton is not None:
         return v0, v1, nibble & 3, nibble >> 2
 
     @triton.jit
-    def _spmm24_kernel(x_ptr, v_ptr, m_ptr, bias_ptr, y_ptr, N, K, stride_xb, stride_vn, stride_mn, stride_yb,
-                       B, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    def _spmm24_kernel(x_ptr, v_ptr, m_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr, N, K, stride_xb, stride_vn,
+                       stride_mn, stride_yb, B, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                        HAS_BIAS: tl.constexpr):
         """y[b, n] = Σ_k W[n, k] x[b, k] (+ bias[n]) for ≤ 16 rows b, W given as 2:4 values + indices.
 
@@ -75,6 +74,11 @@ if triton is not None:
             y = Σ_p W_p x_p,   W_p[n, g] = v0[n, g]·[i0 = p] + v1[n, g]·[i1 = p],   x_p[g, b] = x[b, 4g + p],
         four [BLOCK_N, BLOCK_K/4] × [BLOCK_K/4, 16] tensor-core products with no gathers: v0/v1, the index nibbles
         and the x_p are taken apart in registers (reshape and split), not loaded with strides.
+
+        Split-K without atomics on the output: each of the SPLIT_K programs of an output block stores its fp32 partial
+        sum in its own slot of `ws` [SPLIT_K, B, N], then counts itself in `count[pid_n]` (release/acquire); the last
+        to arrive adds the slots in split order (so the sums are reproducible), adds the bias, writes y in its own
+        dtype and sets the count back to 0 for the next launch. One kernel, no zeroed buffer, no cast afterwards.
         """
         pid_n, pid_k = tl.program_id(0), tl.program_id(1)
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -108,15 +112,24 @@ if triton is not None:
             acc = tl.dot(w2.to(dt), tl.trans(x2), acc)
             w3 = tl.where(i0 == 3, v0, 0.0) + tl.where(i1 == 3, v1, 0.0)
             acc = tl.dot(w3.to(dt), tl.trans(x3), acc)
-        if HAS_BIAS:
-            if pid_k == 0:
-                acc += tl.load(bias_ptr + rows_ld).to(tl.float32)[:, None]
         out = y_ptr + batch[None, :] * stride_yb + rows[:, None]
         mask = (rows < N)[:, None] & batch_ok[None, :]
         if SPLIT_K == 1:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + rows_ld).to(tl.float32)[:, None]
             tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
         else:
-            tl.atomic_add(out, acc, mask=mask)
+            slot = ws_ptr + batch[None, :] * N + rows[:, None]  # ws[s] is [B, N]
+            tl.store(slot + pid_k * B * N, acc, mask=mask)
+            tl.debug_barrier()  # every thread's partial is written before the count says so
+            if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+                for s in tl.static_range(SPLIT_K):  # L2, not L1: the other programs wrote these
+                    total += tl.load(slot + s * B * N, mask=mask, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + rows_ld).to(tl.float32)[:, None]
+                tl.store(out, total.to(y_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(count_ptr + pid_n, 0)
 
 
 if triton is not None:
@@ -263,17 +276,31 @@ def spmm24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torc
     N = values.shape[0]
     cfg = config or TUNED.get((N, K, rows, x.dtype)) or TUNED.get((N, K, MAX_ROWS, x.dtype)) or DEFAULT_CONFIG
     split = cfg.get("SPLIT_K", 1)
-    # split-K programs add partial sums into an fp32 buffer, which is then cast
-    y = torch.zeros(rows, N, dtype=torch.float32, device=x.device) if split > 1 else \
-        torch.empty(rows, N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), split)
+    y = torch.empty(rows, N, dtype=x.dtype, device=x.device)
+    # split-K: one fp32 slot of partial sums per split, and the arrival counts of the output blocks
+    ws = torch.empty(split, rows, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    count = arrival_counts(x.device, grid[0]) if split > 1 else y
     with launch_device(x):
-        _spmm24_kernel[grid](x, values, meta, bias if bias is not None else values, y, N, K,
+        _spmm24_kernel[grid](x, values, meta, bias if bias is not None else values, y, ws, count, N, K,
                              x.stride(0), values.stride(0), meta.stride(0), y.stride(0), rows,
                              BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=split,
                              HAS_BIAS=bias is not None, num_warps=cfg["num_warps"],
                              num_stages=cfg.get("num_stages", 3))
-    return y.to(x.dtype) if split > 1 else y
+    return y
+
+
+#: per device, spmm24's split-K arrival counts: zero between launches (each launch's last program resets the counts it
+#: used), so one buffer serves every layer of a device as long as its launches are ordered on one stream
+_COUNTS: dict[torch.device, torch.Tensor] = {}
+
+
+def arrival_counts(device: torch.device, blocks: int) -> torch.Tensor:
+    """A zeroed int32 count per output block for spmm24's split-K, allocated once per device (grown when needed)."""
+    counts = _COUNTS.get(device)
+    if counts is None or counts.numel() < blocks:
+        counts = _COUNTS[device] = torch.zeros(max(blocks, 1024), dtype=torch.int32, device=device)
+    return counts
 
 
 def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict] | None = None,
