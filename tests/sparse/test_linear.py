@@ -178,3 +178,31 @@ def test_sparse_linear_through_newer_cusparselt_graphed():
             replay()
             ref = linear(x).float()
             assert ((out["y"].float() - ref).norm() / ref.norm()) < 2e-3
+
+
+def test_tune_never_chooses_a_launch_that_computes_something_else(monkeypatch):
+    """tune checks each launch's result against the dense product before timing it: a faster launch with a wrong
+    result (as a split-K race would give) is rejected and counted, and the correct one is chosen."""
+    W = random_24(64, 256)
+    values, meta = pack_24(W)
+    good, bad = dict(triton_decode.DEFAULT_CONFIG), {**triton_decode.DEFAULT_CONFIG, "SPLIT_K": 8}
+    last = {}
+
+    def spmm(x, v, m, bias=None, config=None):
+        last["config"] = config
+        y = x @ unpack_24(v, m).T
+        return y * 1.5 if config is bad else y
+
+    def time_calls(calls, repeats=10):
+        for call in calls[:1]:
+            call()
+        return 0.5 if last["config"] is bad else 1.0  # the wrong launch would win the timing
+
+    monkeypatch.setattr(triton_decode, "spmm24", spmm)
+    monkeypatch.setattr(triton_decode.timing, "time_calls", time_calls)
+    monkeypatch.setattr(triton_decode.timing, "copies_past_l2", lambda nbytes: 1)
+    monkeypatch.setattr(triton_decode, "TUNED", {})
+    best, ms = triton_decode.tune(values, meta, 16, configs=[bad, good])
+    assert best is good and ms == 1.0
+    assert triton_decode.REJECTED[(64, 256, 16, values.dtype)]["count"] == 1
+    assert "relative error" in triton_decode.REJECTED[(64, 256, 16, values.dtype)]["last"]

@@ -16,6 +16,7 @@ import contextlib
 
 import torch
 
+from .packing import unpack_24
 from .paths import log
 from . import timing
 
@@ -305,7 +306,8 @@ def arrival_counts(device: torch.device, blocks: int) -> torch.Tensor:
 
 def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict] | None = None,
          kernel: str = "spmm") -> tuple[dict, float]:
-    """Time every launch configuration for this weight shape and row count; remember the best.
+    """Time every launch configuration for this weight shape and row count; remember the best. A configuration
+    whose result is not the dense product's (relative error ≥ 1e-2) is rejected before it is timed.
     Returns (best config, its milliseconds). `kernel` is "spmm" (≤ 16 rows) or "gemv" (1 row, 16-bit)."""
 
     # cycle through copies of the weight so that the timings are not served from the L2 cache
@@ -315,8 +317,16 @@ def tune(values: torch.Tensor, meta: torch.Tensor, rows: int, configs: list[dict
     fn = gemv24 if kernel == "gemv" else spmm24
     key = (values.shape[0], 2 * values.shape[1], "gemv", values.dtype) if kernel == "gemv" else \
         (values.shape[0], 2 * values.shape[1], rows, values.dtype)
-    return time_configs(key, kernel, lambda cfg: [lambda v=v, m=m: fn(x, v, m, config=cfg) for v, m in weights],
-                        configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS))
+    ref = (x.float() @ unpack_24(values, meta).float().T)
+    ref_norm = ref.norm()
+
+    def calls(cfg):
+        err = ((fn(x, values, meta, config=cfg).float() - ref).norm() / ref_norm).item()
+        if not err < 1e-2:  # a launch that computes something else is never chosen (16-bit rounding is ≈ 3e-3)
+            raise ValueError(f"relative error {err:.1e} against the dense product")
+        return [lambda v=v, m=m: fn(x, v, m, config=cfg) for v, m in weights]
+
+    return time_configs(key, kernel, calls, configs or (GEMV_CONFIGS if kernel == "gemv" else CONFIGS))
 
 
 def time_configs(key: tuple, kernel: str, calls, configs: list[dict]) -> tuple[dict, float]:
