@@ -88,10 +88,12 @@ def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
     assert [m.contiguous_output for m in layers] == [False] + [True] * (len(layers) - 1)
 
 
-def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo):
-    """Above 16 rows (a multiple of 16) the op hands back the output transposed in memory, as cuSPARSELt writes it
-    (on CPU the layer's contiguous result is laid out so), and its fake has the same shape and strides (opcheck);
-    a compiled prefill of 2 × 16 tokens gives the eager logits."""
+def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monkeypatch):
+    """Where the layer writes its output transposed (above 16 rows, a multiple of 16, with cuSPARSELt: here on CPU by
+    the same row rule, the layer's contiguous result copied into that layout) the op hands it back so, and its fake has
+    the same shape and strides (opcheck); a compiled prefill of 2 × 16 tokens gives the eager logits."""
+    monkeypatch.setattr(SparseLinear24, "writes_transposed",
+                        lambda self, x: x.numel() // x.shape[-1] > 16 and x.numel() // x.shape[-1] % 16 == 0)
     model = _sparse_llama(1)
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -108,3 +110,27 @@ def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo):
         assert y.is_contiguous() == (rows <= 16)
         assert y.reshape(rows, -1).stride() == ((layer.out_features, 1) if rows <= 16 else (1, rows))
         torch.library.opcheck(compiled_module.kernel_layer, (x, index))
+
+
+def test_on_cpu_every_output_is_contiguous(fresh_dynamo):
+    """Without cuSPARSELt nothing is written transposed, so the op adds no copy: contiguous at every row count."""
+    model = _sparse_llama(1)
+    compiled_module.compiled(model, backend="aot_eager")
+    layer = next(m for m in model.modules() if isinstance(m, SparseLinear24))
+    index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
+    for rows in (1, 32, 48):
+        assert compiled_module.kernel_layer(torch.randn(rows, layer.in_features), index).is_contiguous()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuSPARSELt writes the transposed output)")
+@pytest.mark.parametrize("shape", [(32, 256), (48, 256), (2, 16, 256), (1, 8, 256)])
+def test_the_ops_fake_matches_cusparselt_on_cuda(fresh_dynamo, shape):
+    """On the real 2:4 path (bf16, CUDA) the op's output and its fake agree in shape and strides (opcheck)."""
+    from prunekit.eval.speed import random_24_linear
+
+    layer = SparseLinear24.from_linear(random_24_linear(128, 256, torch.bfloat16))
+    model = torch.nn.Sequential(layer)
+    compiled_module.compiled(model, backend="aot_eager")
+    index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
+    x = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
+    torch.library.opcheck(compiled_module.kernel_layer, (x, index))

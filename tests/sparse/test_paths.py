@@ -167,6 +167,8 @@ def test_tune_counts_rejected_configurations_and_keeps_the_last_reason(monkeypat
     monkeypatch.setattr(triton_decode, "REJECTED", {})
     script_time_calls(monkeypatch, [RuntimeError("out of shared memory: 300000 > 232448\ndetails"), 0.5,
                                     ValueError("bad block"), 0.25])
+    # the result check before timing: an exact stand-in for the kernel (no GPU here); an all-zero weight passes it
+    monkeypatch.setattr(triton_decode, "gemv24", lambda x, v, m, bias=None, config=None: triton_decode.dense_product(x, v, m))
     values = torch.zeros(8, 32, dtype=torch.float16)
     meta = torch.zeros(8, 8, dtype=torch.uint8)
     configs = [{"BLOCK_N": n, "BLOCK_B": 8, "num_warps": 1} for n in (1, 2, 4, 8)]

@@ -43,7 +43,7 @@ def _layer(index: int) -> nn.Module:
 def transposed_output(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether the op returns the layer's output on x transposed in memory (module docstring): where the 2:4 layer
     writes it so (SparseLinear24.writes_transposed)."""
-    return isinstance(layer, SparseLinear24) and layer.writes_transposed(x.numel() // x.shape[-1])
+    return isinstance(layer, SparseLinear24) and layer.writes_transposed(x)
 
 
 def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> torch.Tensor:
@@ -87,7 +87,7 @@ def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
             _LAYERS[index] = weakref.ref(module)
             module.forward = lambda x, index=index: kernel_layer(x, index)
             if isinstance(module, SparseLinear24):  # the op keeps cuSPARSELt's layout (module docstring)
-                module.eager_contiguous_output = module.contiguous_output
+                module._eager_contiguous_output = module.contiguous_output
                 module.contiguous_output = False
     return torch.compile(model, dynamic=False, backend=backend)
 
@@ -97,6 +97,6 @@ def restore(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, KERNEL_LAYERS) and "forward" in vars(module):
             del module.forward
-            if hasattr(module, "eager_contiguous_output"):
-                module.contiguous_output = module.eager_contiguous_output
-                del module.eager_contiguous_output
+            if hasattr(module, "_eager_contiguous_output"):
+                module.contiguous_output = module._eager_contiguous_output
+                del module._eager_contiguous_output

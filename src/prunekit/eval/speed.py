@@ -54,7 +54,8 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
     """Dense vs SparseLinear24 milliseconds for one weight shape and token count (`view_output`: the
     layer returns its transposed result as a view, as layers not feeding attention do). With `fp8`, also the
     same weights as LinearFP8 (dense FP8, torch._scaled_mm) and SparseLinear24FP8 (2:4 + FP8), both with FP8
-    inputs per token: "dense_fp8_ms", "sparse_fp8_ms" and their kernel paths."""
+    inputs per token, on as many FP8 copies as exceed the L2 cache four times: "dense_fp8_ms", "sparse_fp8_ms", their
+    kernel paths, and "rel_err_fp8" (2:4 + FP8 against dense FP8 on the same weights)."""
     dense = random_24_linears(out_features, in_features, dtype)
     sparse = [SparseLinear24.from_linear(layer) for layer in dense]
     for layer in sparse:
@@ -69,12 +70,14 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
                "graphed": graphed, "view_output": view_output, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                "speedup": dense_ms / sparse_ms, "rel_err": err, "kernel_paths": dict(sparse[0].paths)}
         if fp8:
-            del sparse
-            dense_fp8 = [LinearFP8.from_linear(layer) for layer in dense]
-            del dense
+            del sparse, dense
+            copies = copies_past_l2(out_features * in_features)  # FP8: one byte a weight
+            dense_fp8 = [LinearFP8.from_linear(random_24_linear(out_features, in_features, dtype)) for _ in range(copies)]
             sparse_fp8 = [SparseLinear24FP8.from_linear(layer) for layer in dense_fp8]
             for layer in sparse_fp8:
                 layer.contiguous_output = not view_output
+            ref = dense_fp8[0](x).float()
+            row["rel_err_fp8"] = ((sparse_fp8[0](x).float() - ref).norm() / ref.norm()).item()  # same FP8 product
             row["dense_fp8_ms"] = time_calls([lambda layer=layer: layer(x) for layer in dense_fp8], graphed=graphed)
             row["sparse_fp8_ms"] = time_calls([lambda layer=layer: layer(x) for layer in sparse_fp8], graphed=graphed)
             row["kernel_paths_fp8"] = {"dense_fp8": dict(dense_fp8[0].paths), "sparse_fp8": dict(sparse_fp8[0].paths)}

@@ -99,12 +99,15 @@ class SparseLinear24(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         return unpack_24(self.values, self.meta)
 
-    def writes_transposed(self, rows: int) -> bool:
-        """Whether, with contiguous_output off, the output of `rows` rows on CUDA is cuSPARSELt's W xᵀ [out, rows]
-        seen transposed: more than 16 rows (fewer run the Triton kernels or are copied), a multiple of 16 (others are
-        padded), and torch's cuSPARSELt (the newer library writes [rows, out]). Decided from the row count alone, so
-        that a compiled model can know the layout before the layer runs (eval.compiled)."""
-        return rows > triton_decode.MAX_ROWS and rows % 16 == 0 and cusparselt_lib.load() is None
+    def writes_transposed(self, x: torch.Tensor) -> bool:
+        """Whether, with contiguous_output off, the output on x is cuSPARSELt's W xᵀ [out, rows] seen transposed: a
+        16-bit CUDA input with torch's cuSPARSELt (the newer library writes [rows, out]), more than 16 rows (fewer run
+        the Triton kernels or are copied), a multiple of 16 (others are padded). Decided from x's shape, dtype and
+        device alone (a fake tensor has them), so that a compiled model knows the layout before the layer runs
+        (eval.compiled); a path that then writes [rows, out] (the dense fallback) is copied to match."""
+        rows = x.numel() // x.shape[-1]
+        return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and cusparselt_available()
+                and rows > triton_decode.MAX_ROWS and rows % 16 == 0 and cusparselt_lib.load() is None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -62,9 +62,11 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         values, meta = pack_24(linear.weight)
         return cls(values, meta, linear.weight_scale, linear.bias, linear.in_features, linear.activations)
 
-    def writes_transposed(self, rows: int) -> bool:
-        """As SparseLinear24's: cslt_fp8 (torch's cuSPARSELt, whatever else is installed) at more than 16 rows."""
-        return rows > triton_fp8.MAX_ROWS and rows % 16 == 0
+    def writes_transposed(self, x: torch.Tensor) -> bool:
+        """Never, for now: a transposed output would reach the next FP8 layer (down_proj after SiLU · up) as a
+        column-major input, which the fused per-token quantizer does not take (prunekit.quantize.per_token), so its
+        slow eager form would run. The FP8 layers' outputs stay contiguous under compile, as before."""
+        return False
 
     def fp8_weight(self) -> torch.Tensor:
         """Q [out, in] float8_e4m3fn, unpacked."""
@@ -189,7 +191,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         if self.bias is not None:
             y = y + self.bias
         y = y.to(x2.dtype)
-        return y.contiguous() if self.contiguous_output else y
+        return y.contiguous() if self.contiguous_output or rows <= triton_fp8.MAX_ROWS else y
 
     def _prepare_fp8(self) -> None:
         if self._compressed is not None and self._compressed.device == self.values.device:
