@@ -8,10 +8,10 @@ the layer's planning — timing its kernels on first use, refusals, `paths` — 
 while the model traces as one graph per input shape with no breaks (a break per linear would make Dynamo compile
 every layer's pieces apart, past its recompile limit: the later layers would silently run eager).
 
-The op's output layout is fixed by the layer and the row count alone, so that its fake (which Inductor plans the
-following kernels on) has the real output's strides: a 2:4 layer at more than 16 rows (a multiple of 16) hands
-back cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows, out] transposed
-(`transposed_output`); everything else is contiguous. Eagerly, attention's q/k/v copy that transposed result into a
+The op's output layout is fixed by the layer and the input's shape, dtype and device alone, so that its fake (which
+Inductor plans the following kernels on) has the real output's strides: a 16-bit 2:4 layer on CUDA at more than 16
+rows (a multiple of 16) hands back cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows,
+out] transposed (`transposed_output`); everything else (FP8 layers, CPU) is contiguous. Eagerly, attention's q/k/v copy that transposed result into a
 contiguous one, an unfused strided copy that cost them more than the 2:4 product saved (BENCHMARKS.md, issue 25);
 compiled, Inductor folds the change of layout into the kernel that reads the output next (rotary embedding, SiLU ·
 up, the residual add). Same numbers as the eager model up to the order of fused floating-point operations.
