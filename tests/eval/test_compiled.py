@@ -80,25 +80,30 @@ def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
     model = _sparse_llama(1)
     layers = [m for m in model.modules() if isinstance(m, SparseLinear24)]
     layers[0].contiguous_output = False  # a layer sparsify left as a view (not feeding attention)
-    compiled_module.compiled(model, backend="aot_eager")
-    assert all("forward" in vars(m) for m in layers)
-    assert not any(m.contiguous_output for m in layers)  # compiled, the op decides the layout
-    compiled_module.restore(model)
-    assert not any("forward" in vars(m) for m in layers)
-    assert [m.contiguous_output for m in layers] == [False] + [True] * (len(layers) - 1)
+    eager = [False] + [True] * (len(layers) - 1)
+    for keep_layout in (False, True):
+        compiled_module.compiled(model, backend="aot_eager", keep_layout=keep_layout)
+        assert all("forward" in vars(m) for m in layers)
+        # keep_layout: the op decides the layout; otherwise the layers are left as they were
+        assert [m.contiguous_output for m in layers] == ([False] * len(layers) if keep_layout else eager)
+        compiled_module.restore(model)
+        assert not any("forward" in vars(m) or hasattr(m, "_keeps_layout") for m in layers)
+        assert [m.contiguous_output for m in layers] == eager
 
 
-def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monkeypatch):
-    """Where the layer writes its output transposed (above 16 rows, a multiple of 16, with cuSPARSELt: here on CPU by
-    the same row rule, the layer's contiguous result copied into that layout) the op hands it back so, and its fake has
-    the same shape and strides (opcheck); a compiled prefill of 2 × 16 tokens gives the eager logits."""
+@pytest.mark.parametrize("keep_layout", [False, True])
+def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monkeypatch, keep_layout):
+    """With keep_layout, where the layer writes its output transposed (above 16 rows, a multiple of 16, with
+    cuSPARSELt: here on CPU by the same row rule, the layer's contiguous result copied into that layout) the op hands it
+    back so; without it, always contiguous. Either way its fake has the output's shape and strides (opcheck), and a
+    compiled prefill of 2 × 16 tokens gives the eager logits."""
     monkeypatch.setattr(SparseLinear24, "writes_transposed",
                         lambda self, x: x.numel() // x.shape[-1] > 16 and x.numel() // x.shape[-1] % 16 == 0)
     model = _sparse_llama(1)
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         eager = model(ids).logits
-        fast = compiled_module.compiled(model, backend="aot_eager")
+        fast = compiled_module.compiled(model, backend="aot_eager", keep_layout=keep_layout)
         assert torch.allclose(fast(ids).logits, eager, atol=1e-6, rtol=0)
     layer = next(m for m in model.modules() if isinstance(m, SparseLinear24))
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
@@ -107,15 +112,17 @@ def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monke
         y = compiled_module.kernel_layer(x, index)
         assert torch.allclose(y, x @ layer.dense_weight().T, atol=1e-5)
         rows = x.numel() // x.shape[-1]
-        assert y.is_contiguous() == (rows <= 16)
-        assert y.reshape(rows, -1).stride() == ((layer.out_features, 1) if rows <= 16 else (1, rows))
+        transposed = keep_layout and rows > 16
+        assert y.is_contiguous() == (not transposed)
+        assert y.reshape(rows, -1).stride() == ((1, rows) if transposed else (layer.out_features, 1))
         torch.library.opcheck(compiled_module.kernel_layer, (x, index))
 
 
 def test_on_cpu_every_output_is_contiguous(fresh_dynamo):
-    """Without cuSPARSELt nothing is written transposed, so the op adds no copy: contiguous at every row count."""
+    """Without cuSPARSELt nothing is written transposed, so even with keep_layout the op adds no copy: contiguous at
+    every row count."""
     model = _sparse_llama(1)
-    compiled_module.compiled(model, backend="aot_eager")
+    compiled_module.compiled(model, backend="aot_eager", keep_layout=True)
     layer = next(m for m in model.modules() if isinstance(m, SparseLinear24))
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
     for rows in (1, 32, 48):
@@ -123,14 +130,15 @@ def test_on_cpu_every_output_is_contiguous(fresh_dynamo):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuSPARSELt writes the transposed output)")
+@pytest.mark.parametrize("keep_layout", [False, True])
 @pytest.mark.parametrize("shape", [(32, 256), (48, 256), (2, 16, 256), (1, 8, 256)])
-def test_the_ops_fake_matches_cusparselt_on_cuda(fresh_dynamo, shape):
+def test_the_ops_fake_matches_cusparselt_on_cuda(fresh_dynamo, shape, keep_layout):
     """On the real 2:4 path (bf16, CUDA) the op's output and its fake agree in shape and strides (opcheck)."""
     from prunekit.eval.speed import random_24_linear
 
     layer = SparseLinear24.from_linear(random_24_linear(128, 256, torch.bfloat16))
     model = torch.nn.Sequential(layer)
-    compiled_module.compiled(model, backend="aot_eager")
+    compiled_module.compiled(model, backend="aot_eager", keep_layout=keep_layout)
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
     x = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
     torch.library.opcheck(compiled_module.kernel_layer, (x, index))

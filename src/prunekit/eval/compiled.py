@@ -8,17 +8,19 @@ the layer's planning — timing its kernels on first use, refusals, `paths` — 
 while the model traces as one graph per input shape with no breaks (a break per linear would make Dynamo compile
 every layer's pieces apart, past its recompile limit: the later layers would silently run eager).
 
-The op's output layout is fixed by the layer and the input's shape, dtype and device alone, so that its fake (which
-Inductor plans the following kernels on) has the real output's strides: a 16-bit 2:4 layer on CUDA at more than 16
-rows (a multiple of 16) hands back cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows,
-out] transposed (`transposed_output`); everything else (FP8 layers, CPU) is contiguous. Eagerly, attention's q/k/v copy that transposed result into a
-contiguous one, an unfused strided copy that cost them more than the 2:4 product saved (BENCHMARKS.md, issue 25);
-compiled, Inductor folds the change of layout into the kernel that reads the output next (rotary embedding, SiLU ·
-up, the residual add). Same numbers as the eager model up to the order of fused floating-point operations.
+The op's outputs are contiguous, as the layers' callers expect. `keep_layout=True` (or PRUNEKIT_KEEP_LAYOUT=1) is
+an experiment left off: a 16-bit 2:4 layer on CUDA at more than 16 rows (a multiple of 16) then hands back
+cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows, out] transposed (`transposed_output`),
+and the op's fake declares those strides (fixed by the layer and the input's shape, dtype and device alone), so that
+Inductor can fold the change of layout into the kernel that reads the output next instead of an unfused strided copy.
+At the 8B shape on an H100 (BENCHMARKS.md, issue 25) the compiled 2048-token prefill with it ran at 0.52× dense, where
+contiguous outputs had given 0.86–0.89× (an earlier H100 session: not yet compared on one machine, and why not yet
+found). FP8 layers and CPU outputs stay contiguous either way.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -41,9 +43,9 @@ def _layer(index: int) -> nn.Module:
 
 
 def transposed_output(layer: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the op returns the layer's output on x transposed in memory (module docstring): where the 2:4 layer
-    writes it so (SparseLinear24.writes_transposed)."""
-    return isinstance(layer, SparseLinear24) and layer.writes_transposed(x)
+    """Whether the op returns the layer's output on x transposed in memory (module docstring): with `keep_layout`, where
+    the 2:4 layer writes it so (SparseLinear24.writes_transposed)."""
+    return getattr(layer, "_keeps_layout", False) and layer.writes_transposed(x)
 
 
 def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> torch.Tensor:
@@ -72,11 +74,14 @@ def _(x: torch.Tensor, index: int) -> torch.Tensor:
     return _empty_like_output(x, layer.out_features, transposed_output(layer, x))
 
 
-def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
+def compiled(model: nn.Module, backend: str = "inductor", keep_layout: bool | None = None) -> nn.Module:
     """torch.compile(model, dynamic=False) with the kernel layers behind the custom op (module docstring), on a reset
     Dynamo that raises instead of running eager past its recompile limit (each compiled model and input shape is
     one more version of the same forward code: a benchmark of several variants would otherwise reach the limit and
-    time eager code as compiled). `restore(model)` gives the kernel layers their own forward back."""
+    time eager code as compiled). `restore(model)` gives the kernel layers their own forward back. `keep_layout`
+    (default: PRUNEKIT_KEEP_LAYOUT=1 in the environment) returns the 2:4 layers' outputs as cuSPARSELt writes them."""
+    if keep_layout is None:
+        keep_layout = os.environ.get("PRUNEKIT_KEEP_LAYOUT") == "1"
     torch._dynamo.reset()
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     for index in [i for i, ref in _LAYERS.items() if ref() is None]:
@@ -86,9 +91,9 @@ def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
             index = max(_LAYERS, default=-1) + 1
             _LAYERS[index] = weakref.ref(module)
             module.forward = lambda x, index=index: kernel_layer(x, index)
-            if isinstance(module, SparseLinear24):  # the op keeps cuSPARSELt's layout (module docstring)
+            if keep_layout and isinstance(module, SparseLinear24):  # cuSPARSELt's layout (module docstring)
                 module._eager_contiguous_output = module.contiguous_output
-                module.contiguous_output = False
+                module.contiguous_output, module._keeps_layout = False, True
     return torch.compile(model, dynamic=False, backend=backend)
 
 
@@ -99,4 +104,4 @@ def restore(model: nn.Module) -> None:
             del module.forward
             if hasattr(module, "_eager_contiguous_output"):
                 module.contiguous_output = module._eager_contiguous_output
-                del module._eager_contiguous_output
+                del module._eager_contiguous_output, module._keeps_layout
