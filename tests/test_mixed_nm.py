@@ -141,7 +141,7 @@ def load_compact_or_hf(directory):
 
 @pytest.mark.parametrize("extra,message", [
     (["--pattern", "mixed-2:4"], "--pattern mixed-2:4 takes each layer's N from layer scores: add --layer-sparsity "
-                                 "owl or rmi"),
+                                 "owl, rmi or sensitivity"),
     (["--pattern", "mixed-2:4", "--method", "rotpruner"], "--method rotpruner prunes every layer alike"),
     (["--pattern", "mixed-2:4", "--method", "losa", "--no-rmi"], "takes each layer's N from RMI: drop --no-rmi"),
     (["--pattern", "mixed-2:4", "--sparsity", 0.6, "--layer-sparsity", "owl"], "prunes 0.5 of the weights"),

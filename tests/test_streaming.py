@@ -96,3 +96,7 @@ def test_disk_offload_refusals(sharded, text_file, tmp_path, capsys):
                                       "--task-data", tasks), capsys)
     assert code == 2 and "zero-shot tasks need the whole model in memory" in err
     assert not (tmp_path / "c").exists()
+    code, _, err = run_cli(prune_args(sharded, text_file, tmp_path / "d", "--offload", "disk", "--sparsity", 0.7,
+                                      "--layer-sparsity", "sensitivity"), capsys)
+    assert code == 2 and "load the model in memory (drop --offload disk)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()

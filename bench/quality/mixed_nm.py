@@ -1,8 +1,8 @@
 """Mixed N:M against uniform N:M under protocol Q: uniform 2:4 vs mixed-2:4 and uniform 2:8 vs mixed-2:8.
 
 For each pruner of `--pruners` (default wanda, sparsegpt) and each M: the uniform N:M run, then mixed-N:M with
-each allocation of `--allocations` (owl for every (M, λ) of its grid, rmi), each layer pruned at its own N_l:M,
-the N_l averaging N. Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
+each allocation of `--allocations` (owl for every (M, λ) of its grid, rmi, sensitivity), each layer pruned at its
+own N_l:M, the N_l averaging N. Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
 shared/data/c4/c4.validation_2k.jsonl: the selection set, neither calibration nor test data) and on protocol Q's
 WikiText-2 test windows (40 × 1024 of wiki.test.raw); calibration is protocol Q's 128 × 512 windows of
 wiki.valid.tokens (seed 0). Choose an allocation (and OWL's M, λ) on the C4 column; report the WikiText-2 column
@@ -105,7 +105,8 @@ def main() -> None:
             row.update(achieved_sparsity=result.achieved_sparsity, prune_s=time.perf_counter() - t0,
                        layer_n=allocation.get("mixed", {}).get("N"), rates=allocation.get("rates"),
                        continuous_rates=allocation.get("mixed", {}).get("continuous_rates"),
-                       owl_lambda_used=allocation.get("lambda"), rmi_delta=allocation.get("delta"))
+                       owl_lambda_used=allocation.get("lambda"), rmi_delta=allocation.get("delta"),
+                       sensitivity_losses=allocation.get("losses"), dense_loss=allocation.get("dense_loss"))
         ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
         row.update(c4_val_ppl=ppl["c4-val"], wikitext2_test_ppl=ppl["wikitext2"], environment=env)
         with out.open("a") as f:

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of weights removed (default: 0.5 unstructured; an N:M pattern implies 1 - N/M)")
     p.add_argument("--pattern", default="unstructured",
                    help="unstructured, N:M (2:4, 4:8, ...), mixed-N:M (mixed-2:4, mixed-2:8: each layer its own N, "
-                        "with --layer-sparsity owl/rmi or --method losa) or structured (with --method rotpruner or "
-                        "slicegpt)")
+                        "with --layer-sparsity owl/rmi/sensitivity or --method losa) or structured (with --method "
+                        "rotpruner or slicegpt)")
     p.add_argument("--calib-data", default="pydoc", help="a data name (pydoc, wikitext2, c4, ptb) or a file path")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seqlen", type=int,

@@ -48,8 +48,8 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
     config and calibration windows resumes after the last finished layer.
     `layer_sparsity` gives each decoder layer its own target instead of `config.sparsity` (unstructured, or
     1 − N_l/M for a mixed N:M pattern: the layer is pruned at N_l:M); left None, the config's own allocation
-    (`--layer-sparsity`: uniform, owl, rmi; prunekit.allocation) decides them on the dense model first, and
-    report.json's details record them.
+    (`--layer-sparsity`: uniform, owl, rmi, sensitivity; prunekit.allocation) decides them on the dense model first,
+    and report.json's details record them.
     `on_layer_done(index, hidden)` sees the outputs of each pruned layer on the calibration windows
     (hidden [windows, seqlen, dim], the next layer's inputs; read it, don't keep a reference).
     """
@@ -62,7 +62,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
                                                  batch_size=batch_size, progress=progress)
     if config.pattern.mixed and layer_sparsity is None:
         raise UsageError(f"--pattern {config.pattern} needs each layer's N: pass layer_sparsity or use "
-                         f"--layer-sparsity owl or rmi")
+                         f"--layer-sparsity owl, rmi or sensitivity")
     if config.paired_inputs or getattr(config, "parallel_layers", False):  # dense inputs: prunekit.correction
         result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
                                            progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,

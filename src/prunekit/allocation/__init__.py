@@ -3,7 +3,9 @@ layer-wise pruner runs.
 
   uniform  every layer at the target;
   owl      layers with more outlier weights are pruned less (Yin et al., 2024; allocation/owl.py);
-  rmi      layers whose representation the others share are pruned more (LoSA §2.2; allocation/rmi.py).
+  rmi      layers whose representation the others share are pruned more (LoSA §2.2; allocation/rmi.py);
+  sensitivity  each layer pruned alone at the target and one step either side, the calibration loss measured,
+           and the steps with the least summed loss chosen (SPDY's additive model; allocation/sensitivity.py).
 
 The rates always average exactly the target over all pruned weights (allocation/rounding.py).
 
@@ -21,6 +23,7 @@ from .owl import outlier_ratios, owl_rates
 from .rmi import (feature_positions, layer_features, layer_importance, rmi_delta, rmi_sparsity,
                   similarity_matrix)
 from .rounding import mixed_n
+from .sensitivity import sensitivity_rates
 
 #: RMI's representations: 1024 tokens drawn from the first 16 calibration windows (LoSA's defaults)
 RMI_TOKENS, RMI_WINDOWS, RMI_SEED = 1024, 16, 0
@@ -46,6 +49,10 @@ def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cp
         rates = owl_rates(ratios, sizes, target, config.owl_lambda)
         report = {"allocation": "owl", "M": config.owl_m, "lambda": config.owl_lambda, "outlier_ratios": ratios,
                   "rates": rates}
+    elif kind == "sensitivity":  # its own rounding: whole steps of N, or whole weights within s ± λ
+        step = pattern.step if pattern.mixed else config.owl_lambda
+        return sensitivity_rates(model, calib, pattern, target, step, sizes, device=device, offload=offload,
+                                 batch_size=batch_size, progress=progress)
     else:
         delta = pattern.step if pattern.mixed else rmi_delta(target)
         positions = feature_positions(calib, RMI_WINDOWS, RMI_TOKENS, RMI_SEED)

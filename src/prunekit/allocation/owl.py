@@ -28,24 +28,31 @@ def outlier_ratios(model, calib: torch.Tensor, M: float, *, device="cpu", offloa
     ratios = []
     for _, layer, kwargs in walk:
         groups = walk.adapter.linear_groups(layer)
-        sq_norms = [torch.zeros(group[0][1].in_features, dtype=torch.float32, device=device) for group in groups]
-
-        def collect(g):
-            def hook(module, args):
-                x = args[0]
-                sq_norms[g].add_(x.reshape(-1, x.shape[-1]).float().pow(2).sum(0))
-            return hook
-
-        handles = [group[0][1].register_forward_pre_hook(collect(g)) for g, group in enumerate(groups)]
-        try:
-            walk.forward(layer, kwargs, out=walk.hidden)  # dense outputs: the next layer's inputs
-        finally:
-            for handle in handles:
-                handle.remove()
-        scores = torch.cat([(op.weight.float().abs() * sq_norms[g].sqrt()).flatten()
+        norms = group_input_norms(walk, layer, kwargs, groups)
+        scores = torch.cat([(op.weight.float().abs() * norms[g]).flatten()
                             for g, group in enumerate(groups) for _, op in group])
         ratios.append(float((scores > M * scores.mean()).double().mean()))
     return ratios
+
+
+def group_input_norms(walk: LayerWalk, layer, kwargs: dict, groups) -> list[torch.Tensor]:
+    """‖X_j‖₂ over every calibration token of each group's input feature j (Wanda's norm), from one dense pass of
+    `layer` that also advances `walk.hidden` to the layer's outputs (the next layer's inputs)."""
+    sq_norms = [torch.zeros(group[0][1].in_features, dtype=torch.float32, device=walk.device) for group in groups]
+
+    def collect(g):
+        def hook(module, args):
+            x = args[0]
+            sq_norms[g].add_(x.reshape(-1, x.shape[-1]).float().pow(2).sum(0))
+        return hook
+
+    handles = [group[0][1].register_forward_pre_hook(collect(g)) for g, group in enumerate(groups)]
+    try:
+        walk.forward(layer, kwargs, out=walk.hidden)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [sq.sqrt() for sq in sq_norms]
 
 
 def owl_rates(ratios: list[float], sizes: list[int], target: float, lam: float) -> list[float]:

@@ -56,16 +56,25 @@ def streamed_perplexity(model, windows: torch.Tensor, device="cpu", batch_size: 
                      read_only=True)
     for _, layer, kwargs in walk:
         walk.forward(layer, kwargs, out=walk.hidden)
+    nll, count = head_nll(model, walk.adapter, walk.hidden, windows, device, walk.offload, batch_size, skip_first)
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def head_nll(model, adapter, hidden: torch.Tensor, windows: torch.Tensor, device="cpu", offload="cpu",
+             batch_size: int = 1, skip_first: int = 0) -> tuple[float, int]:
+    """(Σ next-token NLL, tokens scored) of `windows` from the last decoder layer's outputs `hidden` [windows,
+    seqlen, dim], through the final norm and the head (with the model's final logit soft-capping)."""
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     nll, count = 0.0, 0
-    norm = model.get_submodule(walk.adapter.final_norm_path)
-    with on_device(norm, device, walk.offload), on_device(model.get_output_embeddings(), device, walk.offload) as head:
+    norm = model.get_submodule(adapter.final_norm_path)
+    with on_device(norm, device, offload), on_device(model.get_output_embeddings(), device, offload) as head:
         step = windows_per_pass(model, windows, batch_size)
         for start in range(0, windows.shape[0], step):
-            logits = head(norm(walk.hidden[start:start + step].to(device)))[:, skip_first:-1].float()
+            logits = head(norm(hidden[start:start + step].to(device)))[:, skip_first:-1].float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             labels = windows[start:start + step, skip_first + 1:].to(device)
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum").item()
             count += labels.numel()
-    return math.exp(nll / count)
+    return nll, count

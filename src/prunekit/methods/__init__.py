@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..allocation import sensitivity
 from ..errors import UsageError
 from ..layerwise import prune_layerwise
 from ..streaming import layer_store
@@ -88,6 +89,8 @@ def check_options(config: PruneConfig, checkpoint_dir=None, offload: str = "cpu"
                          f"model: use --offload {' or '.join(found.offload)})")
     if offload == "disk" and getattr(config, "parallel_layers", False):
         raise UsageError("--offload disk cannot be combined with --parallel-layers: use --offload cpu")
+    if offload == "disk" and getattr(config, "layer_sparsity", "uniform") == "sensitivity":
+        raise UsageError(sensitivity.NEEDS_MEMORY)
     return found
 
 

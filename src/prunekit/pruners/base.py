@@ -28,7 +28,7 @@ from ..patterns import Pattern, check_sparsity, select_mask
 
 UNSTRUCTURED_DEFAULT = 0.5
 #: --layer-sparsity: how the target is spread over the decoder layers (prunekit.allocation)
-ALLOCATIONS = ("uniform", "owl", "rmi")
+ALLOCATIONS = ("uniform", "owl", "rmi", "sensitivity")
 #: OWL's λ (the paper's); a mixed N:M pattern that leaves it here gets one step of N instead (1/M)
 OWL_LAMBDA = 0.08
 
@@ -101,13 +101,15 @@ class LayerwiseConfig(PruneConfig):
 
     mixed_nm = True
     layer_sparsity: str = field(default="uniform", metadata={
-        "help": "per-layer sparsity: uniform, owl (layers with more outlier weights pruned less) or rmi (layers "
-                "whose representation the others share pruned more, LoSA's rule)"})
+        "help": "per-layer sparsity: uniform, owl (layers with more outlier weights pruned less), rmi (layers "
+                "whose representation the others share pruned more, LoSA's rule) or sensitivity (each layer pruned "
+                "alone one step either side of the target, the steps with the least calibration loss kept)"})
     owl_m: float = field(default=5.0, metadata={
         "help": "OWL: a weight is an outlier when |W_ij|·‖X_j‖ exceeds M × its layer's mean", "above": 0.0})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={
         "help": "OWL: every layer's sparsity stays within the target ± λ (for --pattern mixed-N:M the default is one "
-                "step of N, 1/M)", "min": 0.0})
+                "step of N, 1/M); sensitivity, unstructured: the step either side of the target (mixed N:M: one N)",
+        "min": 0.0})
     parallel_layers: bool = field(default=False, metadata={
         "flag": "--parallel-layers",
         "help": "every decoder layer pruned from the dense model's inputs, so that layers are independent: under "
@@ -137,7 +139,7 @@ class LayerwiseConfig(PruneConfig):
         if self.pattern.mixed:
             if self.layer_sparsity == "uniform":
                 raise ValueError(f"--pattern {self.pattern} takes each layer's N from layer scores: add "
-                                 f"--layer-sparsity owl or rmi")
+                                 f"--layer-sparsity owl, rmi or sensitivity")
             if self.owl_lambda == OWL_LAMBDA:  # N moves in steps of 1/M: the default λ is one step
                 self.owl_lambda = self.pattern.step
 
