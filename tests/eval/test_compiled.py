@@ -87,7 +87,7 @@ def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
         # keep_layout: the op decides the layout; otherwise the layers are left as they were
         assert [m.contiguous_output for m in layers] == ([False] * len(layers) if keep_layout else eager)
         compiled_module.restore(model)
-        assert not any("forward" in vars(m) or hasattr(m, "_keeps_layout") for m in layers)
+        assert not any("forward" in vars(m) or hasattr(m, "_eager_contiguous_output") for m in layers)
         assert [m.contiguous_output for m in layers] == eager
 
 

@@ -45,7 +45,7 @@ def _layer(index: int) -> nn.Module:
 def transposed_output(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether the op returns the layer's output on x transposed in memory (module docstring): with `keep_layout`, where
     the 2:4 layer writes it so (SparseLinear24.writes_transposed)."""
-    return getattr(layer, "_keeps_layout", False) and layer.writes_transposed(x)
+    return hasattr(layer, "_eager_contiguous_output") and layer.writes_transposed(x)  # set by keep_layout
 
 
 def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> torch.Tensor:
@@ -93,7 +93,7 @@ def compiled(model: nn.Module, backend: str = "inductor", keep_layout: bool | No
             module.forward = lambda x, index=index: kernel_layer(x, index)
             if keep_layout and isinstance(module, SparseLinear24):  # cuSPARSELt's layout (module docstring)
                 module._eager_contiguous_output = module.contiguous_output
-                module.contiguous_output, module._keeps_layout = False, True
+                module.contiguous_output = False
     return torch.compile(model, dynamic=False, backend=backend)
 
 
@@ -104,4 +104,4 @@ def restore(model: nn.Module) -> None:
             del module.forward
             if hasattr(module, "_eager_contiguous_output"):
                 module.contiguous_output = module._eager_contiguous_output
-                del module._eager_contiguous_output, module._keeps_layout
+                del module._eager_contiguous_output
