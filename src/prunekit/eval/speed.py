@@ -43,7 +43,8 @@ def random_24_linear(out_features: int, in_features: int, dtype=torch.float16, d
     return linear
 
 
-def random_24_linears(out_features: int, in_features: int, dtype=torch.float16, bits: int | None = None) -> list[nn.Linear]:
+def random_24_linears(out_features: int, in_features: int, dtype=torch.float16,
+                      bits: int | None = None) -> list[nn.Linear]:
     """Enough copies of a random 2:4 layer that cycling through them exceeds the L2 cache four times, counting `bits`
     per weight (default: the dtype's; 8 for layers to be quantized to FP8)."""
     copies = copies_past_l2(out_features * in_features * (bits or torch.finfo(dtype).bits) // 8)
@@ -72,7 +73,8 @@ def compare_linear(out_features: int, in_features: int, tokens: int, dtype=torch
                "speedup": dense_ms / sparse_ms, "rel_err": err, "kernel_paths": dict(sparse[0].paths)}
         if fp8:
             del sparse, dense
-            dense_fp8 = [LinearFP8.from_linear(layer) for layer in random_24_linears(out_features, in_features, dtype, bits=8)]
+            copies = random_24_linears(out_features, in_features, dtype, bits=8)
+            dense_fp8 = [LinearFP8.from_linear(layer) for layer in copies]
             sparse_fp8 = [SparseLinear24FP8.from_linear(layer) for layer in dense_fp8]
             for layer in sparse_fp8:
                 layer.contiguous_output = not view_output
