@@ -2,6 +2,8 @@
 kernel layers), gives the eager logits, and its kernel layers run eagerly through the custom op on every call.
 Dynamo's `aot_eager` backend stands in for Inductor (no C++ toolchain or minutes of compiling in the suite)."""
 
+import re
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -109,13 +111,34 @@ def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monke
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
     for shape in ((1, layer.in_features), (12, layer.in_features), (32, layer.in_features), (2, 16, layer.in_features)):
         x = torch.randn(shape)
-        y = compiled_module.kernel_layer(x, index)
+        y = compiled_module.kernel_layer(x, index, keep_layout)
         assert torch.allclose(y, x @ layer.dense_weight().T, atol=1e-5)
         rows = x.numel() // x.shape[-1]
         transposed = keep_layout and rows > 16
         assert y.is_contiguous() == (not transposed)
         assert y.reshape(rows, -1).stride() == ((1, rows) if transposed else (layer.out_features, 1))
-        torch.library.opcheck(compiled_module.kernel_layer, (x, index))
+        torch.library.opcheck(compiled_module.kernel_layer, (x, index, keep_layout))
+
+
+def test_the_layout_is_written_in_the_traced_graph(fresh_dynamo):
+    """Inductor's on-disk cache keys a compiled graph by its code: the graphs of one model with and without
+    keep_layout must differ, or a cached contiguous compile would serve a keep_layout model in another process
+    (measured on an H100: its stride check failed)."""
+    codes = []
+
+    def record(gm, example_inputs):
+        codes.append(gm.code)
+        return gm.forward
+
+    model = _sparse_llama(1)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for keep_layout in (False, True):
+            compiled_module.compiled(model, backend=record, keep_layout=keep_layout)(ids)
+            compiled_module.restore(model)
+    for code, keep_layout in zip(codes, (False, True), strict=True):
+        calls = re.findall(r"kernel_layer\.default\(\w+, \d+, (\w+)\)", code)
+        assert calls == [str(keep_layout)] * 7
 
 
 def test_on_cpu_every_output_is_contiguous(fresh_dynamo):
@@ -126,7 +149,7 @@ def test_on_cpu_every_output_is_contiguous(fresh_dynamo):
     layer = next(m for m in model.modules() if isinstance(m, SparseLinear24))
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
     for rows in (1, 32, 48):
-        assert compiled_module.kernel_layer(torch.randn(rows, layer.in_features), index).is_contiguous()
+        assert compiled_module.kernel_layer(torch.randn(rows, layer.in_features), index, True).is_contiguous()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuSPARSELt writes the transposed output)")
@@ -141,4 +164,4 @@ def test_the_ops_fake_matches_cusparselt_on_cuda(fresh_dynamo, shape, keep_layou
     compiled_module.compiled(model, backend="aot_eager", keep_layout=keep_layout)
     index = next(i for i, ref in compiled_module._LAYERS.items() if ref() is layer)
     x = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
-    torch.library.opcheck(compiled_module.kernel_layer, (x, index))
+    torch.library.opcheck(compiled_module.kernel_layer, (x, index, keep_layout))

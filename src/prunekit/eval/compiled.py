@@ -13,6 +13,9 @@ an experiment left off: a 16-bit 2:4 layer on CUDA at more than 16 rows (a multi
 cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows, out] transposed (`transposed_output`),
 and the op's fake declares those strides (fixed by the layer and the input's shape, dtype and device alone), so that
 Inductor can fold the change of layout into the kernel that reads the output next instead of an unfused strided copy.
+The choice is an argument of the op, so it is written in the traced graph: Inductor's on-disk cache keys a compiled
+graph by its code and inputs, and a compile cached with contiguous outputs would otherwise serve a keep_layout model
+of the same shapes (in another process) and fail its stride checks.
 At the 8B shape on an H100 (BENCHMARKS.md, issue 25) the compiled 2048-token prefill with it ran at 0.52× dense, where
 contiguous outputs had given 0.86–0.89× (an earlier H100 session: not yet compared on one machine, and why not yet
 found). FP8 layers and CPU outputs stay contiguous either way.
@@ -42,10 +45,10 @@ def _layer(index: int) -> nn.Module:
     return layer
 
 
-def transposed_output(layer: nn.Module, x: torch.Tensor) -> bool:
+def transposed_output(layer: nn.Module, x: torch.Tensor, keep_layout: bool) -> bool:
     """Whether the op returns the layer's output on x transposed in memory (module docstring): with `keep_layout`, where
     the 2:4 layer writes it so (SparseLinear24.writes_transposed)."""
-    return hasattr(layer, "_eager_contiguous_output") and layer.writes_transposed(x)  # set by keep_layout
+    return keep_layout and layer.writes_transposed(x)
 
 
 def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> torch.Tensor:
@@ -56,11 +59,11 @@ def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> 
 
 
 @torch.library.custom_op("prunekit::kernel_layer", mutates_args=())
-def kernel_layer(x: torch.Tensor, index: int) -> torch.Tensor:
+def kernel_layer(x: torch.Tensor, index: int, keep_layout: bool = False) -> torch.Tensor:
     """The eager forward of kernel layer `index` on x, in the layout `transposed_output` names."""
     layer = _layer(index)
     y = type(layer).forward(layer, x)
-    if not transposed_output(layer, x):
+    if not transposed_output(layer, x, keep_layout):
         return y.contiguous()
     if y.reshape(-1, y.shape[-1]).stride() == (1, y.numel() // y.shape[-1]):
         return y
@@ -69,9 +72,9 @@ def kernel_layer(x: torch.Tensor, index: int) -> torch.Tensor:
 
 
 @kernel_layer.register_fake
-def _(x: torch.Tensor, index: int) -> torch.Tensor:
+def _(x: torch.Tensor, index: int, keep_layout: bool = False) -> torch.Tensor:
     layer = _layer(index)
-    return _empty_like_output(x, layer.out_features, transposed_output(layer, x))
+    return _empty_like_output(x, layer.out_features, transposed_output(layer, x, keep_layout))
 
 
 def compiled(model: nn.Module, backend: str = "inductor", keep_layout: bool | None = None) -> nn.Module:
@@ -90,8 +93,9 @@ def compiled(model: nn.Module, backend: str = "inductor", keep_layout: bool | No
         if isinstance(module, KERNEL_LAYERS) and "forward" not in vars(module):
             index = max(_LAYERS, default=-1) + 1
             _LAYERS[index] = weakref.ref(module)
-            module.forward = lambda x, index=index: kernel_layer(x, index)
-            if keep_layout and isinstance(module, SparseLinear24):  # cuSPARSELt's layout (module docstring)
+            keep = keep_layout and isinstance(module, SparseLinear24)  # cuSPARSELt's layout (module docstring)
+            module.forward = lambda x, index=index, keep=keep: kernel_layer(x, index, keep)
+            if keep:
                 module._eager_contiguous_output = module.contiguous_output
                 module.contiguous_output = False
     return torch.compile(model, dynamic=False, backend=backend)
