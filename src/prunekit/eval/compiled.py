@@ -16,9 +16,9 @@ Inductor can fold the change of layout into the kernel that reads the output nex
 The choice is an argument of the op, so it is written in the traced graph: Inductor's on-disk cache keys a compiled
 graph by its code and inputs, and a compile cached with contiguous outputs would otherwise serve a keep_layout model
 of the same shapes (in another process) and fail its stride checks.
-At the 8B shape on an H100 (BENCHMARKS.md, issue 25) the compiled 2048-token prefill with it ran at 0.52× dense, where
-contiguous outputs had given 0.86–0.89× (an earlier H100 session: not yet compared on one machine, and why not yet
-found). FP8 layers and CPU outputs stay contiguous either way.
+At the 8B shape on one H100 (BENCHMARKS.md, issue 25) the compiled 2048-token prefill with it ran at 0.53× dense,
+against 0.91× with contiguous outputs (where the extra time goes is not yet found). FP8 layers and CPU outputs stay
+contiguous either way.
 """
 
 from __future__ import annotations
