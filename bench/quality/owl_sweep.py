@@ -1,7 +1,8 @@
 """OWL against uniform sparsity under protocol Q, with OWL's M and λ chosen on a validation set.
 
 For each model: Wanda (or `--method`) at `--sparsity` with `--layer-sparsity uniform`, then with OWL for every
-(M, λ) of the grid. Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
+(M, λ) of the grid, and with `--allocations ...,sensitivity` the measured-loss allocation for every λ of the grid
+(its step either side of the target; M unused). Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
 shared/data/c4/c4.validation_2k.jsonl: neither calibration nor test data) and on protocol Q's WikiText-2 test
 windows. The choice of (M, λ) reads the validation column only; the test column of the chosen cell is the
 figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run,
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--m", default="5,7,10", help="OWL M values to try")
     p.add_argument("--lam", default="0.04,0.08,0.12", help="OWL λ values to try")
+    p.add_argument("--allocations", default="owl", help="owl and/or sensitivity, comma-separated (uniform always runs)")
     p.add_argument("--val-windows", type=int, default=20)
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--device", default="cpu")
@@ -53,8 +55,11 @@ def main() -> None:
     c4 = load_text(str(Path(args.data) / "c4" / "c4.validation_2k.jsonl"), "evaluation").text
     val = {"c4-val": (evaluation_windows(tokenize(tokenizer, c4), 1024, args.val_windows, bos_id=bos), None)}
     sets = {**val, **test}
-    cells = [("uniform", None, None)] + [("owl", float(m), float(lam)) for m in args.m.split(",")
-                                         for lam in args.lam.split(",")]
+    allocations = args.allocations.split(",")
+    lams = [float(lam) for lam in args.lam.split(",")]
+    cells = [("uniform", None, None)]
+    cells += [("owl", float(m), lam) for m in args.m.split(",") for lam in lams] if "owl" in allocations else []
+    cells += [("sensitivity", None, lam) for lam in lams] if "sensitivity" in allocations else []
     out = Path(args.output)
     done = set()  # cells already in the output (a rerun with a wider grid runs only the new ones)
     if out.exists():
@@ -64,7 +69,9 @@ def main() -> None:
     for allocation, m, lam in cells:
         if (args.model, args.method, args.sparsity, allocation, m, lam, args.val_windows, args.device) in done:
             continue
-        options = {} if allocation == "uniform" else {"layer_sparsity": "owl", "owl_m": m, "owl_lambda": lam}
+        options = {} if allocation == "uniform" else {"layer_sparsity": allocation, "owl_lambda": lam}
+        if allocation == "owl":
+            options["owl_m"] = m
         config = config_class(args.method)(sparsity=args.sparsity, **options)
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
@@ -75,6 +82,8 @@ def main() -> None:
                "M": m, "lambda": lam, "c4_val_ppl": ppl["c4-val"], "wikitext2_test_ppl": ppl["wikitext2"],
                "achieved_sparsity": result.achieved_sparsity, "prune_s": seconds, "val_windows": args.val_windows,
                "rates": result.details.get("layer_sparsity", {}).get("rates"),
+               "sensitivity_losses": result.details.get("layer_sparsity", {}).get("losses"),
+               "dense_loss": result.details.get("layer_sparsity", {}).get("dense_loss"),
                "environment": environment(args.device, "float32")}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
