@@ -78,7 +78,8 @@ def test_a_freed_model_is_not_kept_alive(fresh_dynamo):
     assert alive() is None
 
 
-def test_restore_gives_the_layers_their_forward_back(fresh_dynamo):
+def test_restore_gives_the_layers_their_forward_back(fresh_dynamo, monkeypatch):
+    monkeypatch.setattr(compiled_module, "cusparselt_writes_transposed", lambda: True)  # as torch's cuSPARSELt
     model = _sparse_llama(1)
     layers = [m for m in model.modules() if isinstance(m, SparseLinear24)]
     layers[0].contiguous_output = False  # a layer sparsify left as a view (not feeding attention)
@@ -101,6 +102,7 @@ def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monke
     compiled prefill of 2 × 16 tokens gives the eager logits."""
     monkeypatch.setattr(SparseLinear24, "writes_transposed",
                         lambda self, x: x.numel() // x.shape[-1] > 16 and x.numel() // x.shape[-1] % 16 == 0)
+    monkeypatch.setattr(compiled_module, "cusparselt_writes_transposed", lambda: True)
     model = _sparse_llama(1)
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -120,25 +122,31 @@ def test_the_op_keeps_cusparselts_layout_and_its_fake_agrees(fresh_dynamo, monke
         torch.library.opcheck(compiled_module.kernel_layer, (x, index, keep_layout))
 
 
-def test_the_layout_is_written_in_the_traced_graph(fresh_dynamo):
-    """Inductor's on-disk cache keys a compiled graph by its code: the graphs of one model with and without
-    keep_layout must differ, or a cached contiguous compile would serve a keep_layout model in another process
-    (measured on an H100: its stride check failed)."""
+@pytest.mark.parametrize("torch_library", [True, False])
+def test_the_layout_is_written_in_the_traced_graph(fresh_dynamo, monkeypatch, torch_library):
+    """Inductor's on-disk cache keys a compiled graph by its code after AOT autograd: whether the op may hand back a
+    transposed output (keep_layout, with torch's cuSPARSELt writing W xᵀ) must be written there, or a cached
+    contiguous compile would serve a keep_layout model in another process (it did on an H100: a stride check failed).
+    Apart from the layer indices, the graphs with and without keep_layout differ exactly when it can take effect."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    monkeypatch.setattr(compiled_module, "cusparselt_writes_transposed", lambda: torch_library)
     codes = []
 
     def record(gm, example_inputs):
         codes.append(gm.code)
-        return gm.forward
+        return gm
 
     model = _sparse_llama(1)
     ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for keep_layout in (False, True):
-            compiled_module.compiled(model, backend=record, keep_layout=keep_layout)(ids)
+            compiled_module.compiled(model, backend=aot_autograd(fw_compiler=record), keep_layout=keep_layout)(ids)
             compiled_module.restore(model)
-    for code, keep_layout in zip(codes, (False, True), strict=True):
-        calls = re.findall(r"kernel_layer\.default\(\w+, \d+, (\w+)\)", code)
-        assert calls == [str(keep_layout)] * 7
+    for code, keep in zip(codes, (False, torch_library), strict=True):
+        assert re.findall(r"kernel_layer\.default\(\w+, \d+, (\w+)\)", code) == [str(keep)] * 7
+    without_index = [re.sub(r"(kernel_layer\.default\(\w+), \d+,", r"\1,", code) for code in codes]
+    assert (without_index[0] != without_index[1]) == torch_library
 
 
 def test_on_cpu_every_output_is_contiguous(fresh_dynamo):

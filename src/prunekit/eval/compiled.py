@@ -13,9 +13,10 @@ an experiment left off: a 16-bit 2:4 layer on CUDA at more than 16 rows (a multi
 cuSPARSELt's result as it is written, W xᵀ [out, rows], i.e. the output [rows, out] transposed (`transposed_output`),
 and the op's fake declares those strides (fixed by the layer and the input's shape, dtype and device alone), so that
 Inductor can fold the change of layout into the kernel that reads the output next instead of an unfused strided copy.
-The choice is an argument of the op, so it is written in the traced graph: Inductor's on-disk cache keys a compiled
-graph by its code and inputs, and a compile cached with contiguous outputs would otherwise serve a keep_layout model
-of the same shapes (in another process) and fail its stride checks.
+Whether a layer may hand its output on so is an argument of the op (keep_layout, and torch's cuSPARSELt rather than
+the newer library: `cusparselt_writes_transposed`), so it is written in the traced graph: Inductor's on-disk cache
+keys a compiled graph by its code and inputs, and a compile cached with contiguous outputs would otherwise serve a
+keep_layout model of the same shapes in another process and fail its stride checks (it did, on an H100).
 At the 8B shape on one H100 (BENCHMARKS.md, issue 25) the compiled 2048-token prefill with it ran at 0.53× dense,
 against 0.91× with contiguous outputs (where the extra time goes is not yet found). FP8 layers and CPU outputs stay
 contiguous either way.
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..quantize.linear import LinearFP8
-from ..sparse.linear import SparseLinear24
+from ..sparse.linear import SparseLinear24, cusparselt_writes_transposed
 
 #: layers that choose and run their own kernels (SparseLinear24FP8 is a SparseLinear24)
 KERNEL_LAYERS = (SparseLinear24, LinearFP8)
@@ -59,7 +60,7 @@ def _empty_like_output(x: torch.Tensor, out_features: int, transposed: bool) -> 
 
 
 @torch.library.custom_op("prunekit::kernel_layer", mutates_args=())
-def kernel_layer(x: torch.Tensor, index: int, keep_layout: bool = False) -> torch.Tensor:
+def kernel_layer(x: torch.Tensor, index: int, keep_layout: bool) -> torch.Tensor:
     """The eager forward of kernel layer `index` on x, in the layout `transposed_output` names."""
     layer = _layer(index)
     y = type(layer).forward(layer, x)
@@ -72,7 +73,7 @@ def kernel_layer(x: torch.Tensor, index: int, keep_layout: bool = False) -> torc
 
 
 @kernel_layer.register_fake
-def _(x: torch.Tensor, index: int, keep_layout: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, index: int, keep_layout: bool) -> torch.Tensor:
     layer = _layer(index)
     return _empty_like_output(x, layer.out_features, transposed_output(layer, x, keep_layout))
 
@@ -93,9 +94,9 @@ def compiled(model: nn.Module, backend: str = "inductor", keep_layout: bool | No
         if isinstance(module, KERNEL_LAYERS) and "forward" not in vars(module):
             index = max(_LAYERS, default=-1) + 1
             _LAYERS[index] = weakref.ref(module)
-            keep = keep_layout and isinstance(module, SparseLinear24)  # cuSPARSELt's layout (module docstring)
+            keep = keep_layout and isinstance(module, SparseLinear24) and cusparselt_writes_transposed()
             module.forward = lambda x, index=index, keep=keep: kernel_layer(x, index, keep)
-            if keep:
+            if keep:  # cuSPARSELt's layout (module docstring)
                 module._eager_contiguous_output = module.contiguous_output
                 module.contiguous_output = False
     return torch.compile(model, dynamic=False, backend=backend)

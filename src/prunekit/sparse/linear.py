@@ -66,6 +66,12 @@ def cusparselt_available() -> bool:
     return torch.cuda.is_available() and hasattr(torch, "_cslt_compress") and torch.backends.cusparselt.is_available()
 
 
+def cusparselt_writes_transposed() -> bool:
+    """Whether this process's 2:4 products on CUDA write cuSPARSELt's W xᵀ [out, rows]: torch's cuSPARSELt does, the
+    newer library (cusparselt_lib, when found) writes [rows, out]. Fixed for the process."""
+    return cusparselt_available() and cusparselt_lib.load() is None
+
+
 class SparseLinear24(nn.Module):
     """y = x Wᵀ + b with W stored as 2:4 packed values [out, in/2] and indices [out, in/8].
 
@@ -101,13 +107,14 @@ class SparseLinear24(nn.Module):
 
     def writes_transposed(self, x: torch.Tensor) -> bool:
         """Whether, with contiguous_output off, the output on x is cuSPARSELt's W xᵀ [out, rows] seen transposed: a
-        16-bit CUDA input with torch's cuSPARSELt (the newer library writes [rows, out]), more than 16 rows (fewer run
+        16-bit CUDA input with torch's cuSPARSELt (`cusparselt_writes_transposed`), more than 16 rows (fewer run
         the Triton kernels or are copied), a multiple of 16 (others are padded). Decided from x's shape, dtype and
-        device alone (a fake tensor has them), so that a compiled model knows the layout before the layer runs
-        (eval.compiled); a path that then writes [rows, out] (the dense fallback) is copied to match."""
+        device and the process's library alone (a fake tensor has them), so that a compiled model knows the layout
+        before the layer runs (eval.compiled); a path that then writes [rows, out] (the dense fallback) is copied to
+        match."""
         rows = x.numel() // x.shape[-1]
-        return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and cusparselt_available()
-                and rows > triton_decode.MAX_ROWS and rows % 16 == 0 and cusparselt_lib.load() is None)
+        return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and rows > triton_decode.MAX_ROWS
+                and rows % 16 == 0 and cusparselt_writes_transposed())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
