@@ -1,11 +1,11 @@
-"""OWL against uniform sparsity under protocol Q, with OWL's M and λ chosen on a validation set.
+"""OWL and the measured-loss allocation against uniform sparsity under protocol Q, λ and M chosen on validation.
 
 For each model: Wanda (or `--method`) at `--sparsity` with `--layer-sparsity uniform`, then with OWL for every
 (M, λ) of the grid, and with `--allocations ...,sensitivity` the measured-loss allocation for every λ of the grid
-(its step either side of the target; M unused). Every run is scored on C4 validation (the first `--val-windows` windows of 1024 tokens of
-shared/data/c4/c4.validation_2k.jsonl: neither calibration nor test data) and on protocol Q's WikiText-2 test
-windows. The choice of (M, λ) reads the validation column only; the test column of the chosen cell is the
-figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run,
+(its step either side of the target; M unused). Every run is scored on C4 validation (the first `--val-windows`
+windows of 1024 tokens of shared/data/c4/c4.validation_2k.jsonl: neither calibration nor test data) and on protocol
+Q's WikiText-2 test windows. The choice of (M, λ) reads the validation column only; the test column of the chosen
+cell is the figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run,
 appended; cells already in the output file are not run again.
 
     PYTHONPATH=src python bench/quality/owl_sweep.py --model smollm2-135m --output bench/results/owl_smollm2_cpu.jsonl
@@ -33,13 +33,16 @@ def main() -> None:
     p.add_argument("--method", default="wanda")
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--m", default="5,7,10", help="OWL M values to try")
-    p.add_argument("--lam", default="0.04,0.08,0.12", help="OWL λ values to try")
+    p.add_argument("--lam", default="0.04,0.08,0.12", help="λ values to try (OWL's band; sensitivity's step)")
     p.add_argument("--allocations", default="owl", help="owl and/or sensitivity, comma-separated (uniform always runs)")
     p.add_argument("--val-windows", type=int, default=20)
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True)
     args = p.parse_args()
+    allocations = args.allocations.split(",")
+    if not set(allocations) <= {"owl", "sensitivity"}:
+        p.error(f"--allocations {args.allocations}: each must be owl or sensitivity (uniform always runs)")
 
     from environment import environment
     from protocol import protocol_q
@@ -55,7 +58,6 @@ def main() -> None:
     c4 = load_text(str(Path(args.data) / "c4" / "c4.validation_2k.jsonl"), "evaluation").text
     val = {"c4-val": (evaluation_windows(tokenize(tokenizer, c4), 1024, args.val_windows, bos_id=bos), None)}
     sets = {**val, **test}
-    allocations = args.allocations.split(",")
     lams = [float(lam) for lam in args.lam.split(",")]
     cells = [("uniform", None, None)]
     cells += [("owl", float(m), lam) for m in args.m.split(",") for lam in lams] if "owl" in allocations else []

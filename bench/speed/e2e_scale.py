@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -76,7 +77,8 @@ def main() -> None:
     result = {"shape": args.shape, "layers": args.layers or SHAPES[args.shape]["layers"], "compiled": args.compile,
               "prompt_len": args.prompt_len,
               "gen_len": args.gen_len, "environment": environment(args.device, args.dtype),
-              "cusparselt": torch.backends.cusparselt.version(), "batches": {}}
+              "cusparselt": torch.backends.cusparselt.version(),
+              "keep_layout": os.environ.get("PRUNEKIT_KEEP_LAYOUT") == "1", "batches": {}}  # eval.compiled's experiment
     t0 = time.time()
     for k in range(args.rounds):
         for batch in map(int, args.batches.split(",")):
