@@ -20,7 +20,7 @@ from .checkpoints import RunCheckpoint
 from .correction import prune_layerwise_corrected
 from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward
 from .errors import UsageError
-from .pruners.base import PruneConfig
+from .pruners.base import SCORED_ALLOCATIONS, PruneConfig
 
 
 def reconstruction_error(W: torch.Tensor, W_pruned: torch.Tensor, X: torch.Tensor, chunk: int = 4096) -> float:
@@ -62,7 +62,7 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
                                                  batch_size=batch_size, progress=progress)
     if config.pattern.mixed and layer_sparsity is None:
         raise UsageError(f"--pattern {config.pattern} needs each layer's N: pass layer_sparsity or use "
-                         f"--layer-sparsity owl, rmi or sensitivity")
+                         f"--layer-sparsity {SCORED_ALLOCATIONS}")
     if config.paired_inputs or getattr(config, "parallel_layers", False):  # dense inputs: prunekit.correction
         result = prune_layerwise_corrected(model, config, calib_ids, device=device, batch_size=batch_size,
                                            progress=progress, checkpoint_dir=checkpoint_dir, offload=offload,

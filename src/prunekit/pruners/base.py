@@ -29,6 +29,8 @@ from ..patterns import Pattern, check_sparsity, select_mask
 UNSTRUCTURED_DEFAULT = 0.5
 #: --layer-sparsity: how the target is spread over the decoder layers (prunekit.allocation)
 ALLOCATIONS = ("uniform", "owl", "rmi", "sensitivity")
+#: the allocations that score layers (what a mixed N:M pattern needs), as messages name them
+SCORED_ALLOCATIONS = ", ".join(ALLOCATIONS[1:-1]) + " or " + ALLOCATIONS[-1]
 #: OWL's λ (the paper's); a mixed N:M pattern that leaves it here gets one step of N instead (1/M)
 OWL_LAMBDA = 0.08
 
@@ -139,7 +141,7 @@ class LayerwiseConfig(PruneConfig):
         if self.pattern.mixed:
             if self.layer_sparsity == "uniform":
                 raise ValueError(f"--pattern {self.pattern} takes each layer's N from layer scores: add "
-                                 f"--layer-sparsity owl, rmi or sensitivity")
+                                 f"--layer-sparsity {SCORED_ALLOCATIONS}")
             if self.owl_lambda == OWL_LAMBDA:  # N moves in steps of 1/M: the default λ is one step
                 self.owl_lambda = self.pattern.step
 
