@@ -13,6 +13,9 @@ numbers' effect, not a kernel's. One JSON line per cell in `--out`; cells alread
 binades above each dense row's largest weight) for a selection sweep on C4 validation; rows record it.
 `--act-order` runs the SparseGPT cells' column pass in act-order (SparseGPTConfig.act_order); rows record it. The
 `sparsegpt-50%` cell (unstructured, not in the default list) is there to see what act-order does without N:M groups.
+`--eval-dtype bfloat16` prunes in fp32 as always, then scores the model cast to bf16 (the FP8 layers keep their FP8
+weights and fp32 scales, and return bf16 as the GPU kernels do): the issue's own comparison, "the same 2:4 model in
+bf16"; rows record it.
 
     PYTHONPATH=src python bench/quality/fp8_quality.py --model smollm2-135m --out bench/results/fp8_quality_cpu.jsonl
 """
@@ -59,10 +62,12 @@ def run_cell(name: str, model, calib, device: str, act_order: bool = False):
             prunekit.quantize(model, FP8Config(), calib, device=device, progress=False)
 
 
-def cell_key(model: str, cell: str, headroom: int | None, act_order: bool | None) -> tuple:
-    """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0), and a
-    SparseGPT cell's column order (rows from before `--act-order` had none)."""
-    return model, cell, (headroom or 0) if uses_headroom(cell) else None, bool(act_order) and cell.startswith("sparsegpt")
+def cell_key(model: str, cell: str, headroom: int | None, act_order: bool | None, eval_dtype: str | None) -> tuple:
+    """What makes a row one cell: an FP8 cell's scale headroom too (rows from before `--scale-headroom` had 0), a
+    SparseGPT cell's column order (rows from before `--act-order` had none) and the dtype it was scored in (rows from
+    before `--eval-dtype`: float32)."""
+    return (model, cell, (headroom or 0) if uses_headroom(cell) else None,
+            bool(act_order) and cell.startswith("sparsegpt"), eval_dtype or "float32")
 
 
 def uses_headroom(cell: str) -> bool:
@@ -82,6 +87,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="JSONL file: one line per cell, appended")
     p.add_argument("--act-order", action="store_true", help="the SparseGPT cells' column pass in act-order "
                    "(SparseGPTConfig.act_order)")
+    p.add_argument("--eval-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the dtype the pruned model is scored in (it is always pruned in fp32)")
     p.add_argument("--scale-headroom", type=int, help="binades of FP8 scale headroom in the column pass "
                    "(default: the library's SCALE_HEADROOM)")
     args = p.parse_args()
@@ -91,6 +98,8 @@ def main() -> None:
 
     from environment import environment
     from protocol import protocol_q
+
+    import torch
 
     import prunekit
     from prunekit.data import evaluation_windows, load_text, tokenize
@@ -107,19 +116,22 @@ def main() -> None:
     headroom = sparsegpt.SCALE_HEADROOM
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line] if out.exists() else []
-    done = {cell_key(r["model"], r["cell"], r.get("scale_headroom"), r.get("act_order")) for r in rows}
-    env = environment(args.device, "float32")
+    done = {cell_key(r["model"], r["cell"], r.get("scale_headroom"), r.get("act_order"), r.get("eval_dtype"))
+            for r in rows}
+    env = environment(args.device, args.eval_dtype)
     for name in args.cells.split(","):
-        if cell_key(args.model, name, headroom, args.act_order) in done:
+        if cell_key(args.model, name, headroom, args.act_order, args.eval_dtype) in done:
             continue
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         run_cell(name, model, calib, args.device, args.act_order)
         seconds = time.perf_counter() - t0
-        ppl, _ = prunekit.evaluate(model.to(args.device), sets, device=args.device, bos=bos, progress=False)
+        model = model.to(device=args.device, dtype=getattr(torch, args.eval_dtype))
+        ppl, _ = prunekit.evaluate(model, sets, device=args.device, bos=bos, progress=False)
         row = {"model": args.model, "cell": name, "prune_s": seconds,
                "scale_headroom": headroom if uses_headroom(name) else None,
-               "act_order": args.act_order if name.startswith("sparsegpt") else None, "c4_val_ppl": ppl["c4-val"],
+               "act_order": args.act_order if name.startswith("sparsegpt") else None, "eval_dtype": args.eval_dtype,
+               "c4_val_ppl": ppl["c4-val"],
                "wikitext2_test_ppl": ppl["wikitext2"], "environment": env}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
