@@ -66,8 +66,11 @@ def test_cuda_path_matches_the_reference(rows):
     dense_cuda = dense.cuda()
     assert ((dense_cuda(x).float() - ref).norm() / ref.norm()) < 1e-2, dense_cuda.paths
     if torch.cuda.get_device_capability() >= (9, 0):  # Hopper: the kernels must be the ones that ran, not a fallback
-        # the fastest of those offered: gemv_fp8 for 1 row, triton_fp8 up to 16, cslt_fp8 always
-        fastest = {"cslt_fp8"} | ({"triton_fp8"} if rows <= 16 else set()) | ({"gemv_fp8"} if rows == 1 else set())
+        # the fastest of those offered: gemv_fp8 for 1 row, triton_fp8 up to 16, cutlass_fp8 above (PRUNEKIT_CUTLASS),
+        # cslt_fp8 always
+        from prunekit.sparse import cutlass_lib
+        fastest = {"cslt_fp8"} | ({"triton_fp8"} if rows <= 16 else set()) | ({"gemv_fp8"} if rows == 1 else set()) \
+            | ({"cutlass_fp8"} if rows > 16 and cutlass_lib.load() is not None else set())
         assert sparse.paths[f"cuda, rows={rows}"][0] in fastest and "cuda" not in sparse.paths, sparse.paths
         assert dense_cuda.paths["cuda"][0] == "scaled_mm", dense_cuda.paths
 

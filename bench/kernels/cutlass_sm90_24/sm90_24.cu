@@ -14,6 +14,7 @@
 #include "cutlass/transform/device/transform_universal_adapter.hpp"
 #include "cutlass/transform/kernel/sparse_gemm_compressor.hpp"
 #include "cutlass/util/packed_stride.hpp"
+#include "common.cuh"
 
 using namespace cute;
 
@@ -59,33 +60,6 @@ using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epil
 using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 using SparseConfig = typename Mainloop::SparseConfig;
 using StrideA = cutlass::gemm::TagToStrideA_t<LayoutTagA>;
-
-#define PK_CAT2(a, b) a##b
-#define PK_CAT(a, b) PK_CAT2(a, b)
-
-static int sm_count() {
-  static int count = 0;
-  if (count == 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  }
-  return count;
-}
-
-template <class S>
-static auto set_splits(S& scheduler, int splits) -> decltype(scheduler.splits = splits, void()) { scheduler.splits = splits; }
-static void set_splits(...) {}
-
-// `mode` = splits | log2(max swizzle) << 8 | raster << 16 (0 heuristic, 1 along M, 2 along N)
-template <class S>
-static void set_mode(S& scheduler, int mode) {
-  set_splits(scheduler, mode & 0xff);
-  scheduler.max_swizzle_size = 1 << ((mode >> 8) & 0xff);
-  using R = decltype(scheduler.raster_order);
-  int r = (mode >> 16) & 0xff;
-  scheduler.raster_order = r == 1 ? R::AlongM : r == 2 ? R::AlongN : R::Heuristic;
-}
 
 static typename Gemm::Arguments make_args(const void* a, const void* e, const void* x, void* y, int m, int n, int k,
                                           int mode) {

@@ -8,6 +8,9 @@ fp32 (powers of two, prunekit.quantize.fp8) and the bias, and computes y = x̂ Q
   per-channel alpha for FP8 on an H100). The weight is compressed for
   cuSPARSELt on the first call; as in SparseLinear24, `values` then becomes a view into that buffer when the
   buffer starts with exactly them. Rows are padded to a multiple of 16.
+- `cutlass_fp8` (more than 16 rows, an sm_90 GPU, PRUNEKIT_CUTLASS naming a library built by
+  bench/kernels/cutlass_sm90_24/build.sh with KIND=fp8): CUTLASS's 2:4 FP8 kernel with both scales in its epilogue
+  (cutlass_lib); its tile configuration tuned per shape on the first eager call.
 - `triton_fp8` (≤ 16 rows, any CUDA GPU with Triton): triton_fp8.spmm24_fp8 reads the packed E4M3 bytes and indices
   directly (decode: 0.3125× the bytes of the dense bf16 weight).
 - `gemv_fp8` (1 row, compute capability ≥ 8.9, Triton): triton_fp8.gemv24_fp8, the 1-row kernel in gemv24's form
@@ -30,12 +33,12 @@ import torch.nn as nn
 from ..quantize import per_token
 from ..quantize.fp8 import dequantize_fp8, fp8_linear
 from ..quantize.linear import KeepsFP8, LinearFP8, check_activations, fp8_tensor_cores
-from . import timing, triton_decode, triton_fp8
+from . import cutlass_lib, timing, triton_decode, triton_fp8
 from .linear import SparseLinear24, cusparselt_available
 from .packing import is_24, pack_24, unpack_24
 
-#: (out, in, rows) → the FP8 path that timed fastest there ("gemv_fp8", "triton_fp8" or "cslt_fp8"), shared by layers of
-#: that shape; FP8_REASONS keeps the timings behind each choice
+#: (out, in, rows) → the FP8 path that timed fastest there ("gemv_fp8", "triton_fp8", "cutlass_fp8" or "cslt_fp8"),
+#: shared by layers of that shape; FP8_REASONS keeps the timings behind each choice
 FP8_PLANS: dict[tuple[int, int, int], str] = {}
 FP8_REASONS: dict[tuple[int, int, int], str] = {}
 
@@ -53,6 +56,8 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         self._fp8_refused = False  # set once cuSPARSELt refused FP8 here: not retried on every call
         self._triton_refused = False  # likewise for the Triton FP8 kernel
         self._gemv_refused = False  # and for the 1-row one
+        self._cutlass_refused = False  # and for CUTLASS's
+        self._cutlass: cutlass_lib.Weight24FP8 | None = None  # the weight as CUTLASS compressed it
 
     @classmethod
     def from_linear(cls, linear: LinearFP8) -> "SparseLinear24FP8":
@@ -96,6 +101,9 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
             found.append("gemv_fp8")
         if not self._triton_refused and triton_fp8.available() and x2.shape[0] <= triton_fp8.MAX_ROWS:
             found.append("triton_fp8")
+        if (x2.shape[0] > triton_fp8.MAX_ROWS and not self._cutlass_refused and cutlass_lib.load() is not None
+                and torch.cuda.get_device_capability(x2.device) == (9, 0)):  # the library is built for sm_90a
+            found.append("cutlass_fp8")
         if not self._fp8_refused and fp8_tensor_cores(x2.device) and cusparselt_available():
             found.append("cslt_fp8")
         return found
@@ -151,6 +159,8 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
             return None if self._fp8_refused else self._cslt_fp8(x2)
         if path == "gemv_fp8":
             return None if self._gemv_refused else self._triton(x2, one_row=True)
+        if path == "cutlass_fp8":
+            return None if self._cutlass_refused else self._cutlass_fp8(x2)
         return None if self._triton_refused else self._triton(x2)
 
     def _triton(self, x2: torch.Tensor, one_row: bool = False) -> torch.Tensor | None:
@@ -192,6 +202,27 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
             y = y + self.bias
         y = y.to(x2.dtype)
         return y.contiguous() if self.contiguous_output or rows <= triton_fp8.MAX_ROWS else y
+
+    def _cutlass_fp8(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """CUTLASS's FP8 product (cutlass_lib), or None (recorded in `paths`) where the library refuses."""
+        fresh = self._cutlass is None or self._cutlass.values.device != x2.device
+        if fresh and torch.cuda.is_current_stream_capturing():
+            return None  # compressing synchronizes: it waits for an eager call (not a refusal)
+        try:
+            if fresh:
+                self._cutlass = cutlass_lib.Weight24FP8(cutlass_lib.load(), self.fp8_weight())
+            xq, sx = per_token.quantize(x2)
+            key = (self.out_features, x2.shape[0], self.in_features)
+            if key not in cutlass_lib.TUNED and not torch.cuda.is_current_stream_capturing():
+                self._cutlass.tune(xq, sx, self.weight_scale)
+            y = self._cutlass.mm(xq, sx, self.weight_scale)
+        except RuntimeError as err:  # CutlassError (a shape or operand it refuses), or the tuning's own
+            self._cutlass_refused = True
+            self._note("cuda", "reference", f"CUTLASS refused FP8: {str(err).strip().splitlines()[0][:160]}")
+            return None
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x2.dtype)
 
     def _prepare_fp8(self) -> None:
         if self._compressed is not None and self._compressed.device == self.values.device:

@@ -1,0 +1,89 @@
+import os
+
+import pytest
+import torch
+
+from prunekit.patterns import keep_n_of_m
+from prunekit.quantize.fp8 import quantize_fp8, quantize_per_token
+from prunekit.sparse import cutlass_lib
+
+
+@pytest.fixture
+def fresh_load():
+    cutlass_lib.load.cache_clear()
+    yield cutlass_lib.load
+    cutlass_lib.load.cache_clear()
+
+
+def test_no_library_unless_one_is_named(fresh_load, monkeypatch):
+    monkeypatch.delenv("PRUNEKIT_CUTLASS", raising=False)
+    assert fresh_load() is None
+    monkeypatch.setenv("PRUNEKIT_CUTLASS", "off")
+    assert fresh_load() is None
+
+
+def test_a_path_that_is_no_library_warns_with_the_fix_and_is_not_used(fresh_load, monkeypatch, tmp_path):
+    bogus = tmp_path / "not_a_library.so"
+    bogus.write_text("nothing here")
+    monkeypatch.setenv("PRUNEKIT_CUTLASS", str(bogus))
+    with pytest.warns(UserWarning, match=r"not a CUTLASS FP8 2:4 library built by .*build.sh with KIND=fp8"):
+        assert fresh_load() is None
+
+
+needs_library = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and os.environ.get("PRUNEKIT_CUTLASS")),
+    reason="needs an sm_90 GPU and PRUNEKIT_CUTLASS naming a library built with KIND=fp8")
+
+
+def fp8_24(out, inp, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, inp, generator=g)
+    return quantize_fp8(W.masked_fill(~keep_n_of_m(W.abs(), 2, 4), 0.0))
+
+
+@needs_library
+@pytest.mark.parametrize("rows", [17, 300, 2048])
+def test_every_configuration_matches_the_exact_product(fresh_load, rows):
+    """Each configuration's y = sx · sw · (x̂ Ŵᵀ) against the fp32 product of the same FP8 operands: only the bf16
+    rounding of the output and the order of the sum differ."""
+    lib = fresh_load()
+    w8, sw = fp8_24(1024, 4096)
+    weight = cutlass_lib.Weight24FP8(lib, w8.cuda())
+    x8, sx = quantize_per_token(torch.randn(rows, 4096, device="cuda"))
+    ref = (x8.float() @ w8.cuda().float().t()) * sx * sw.cuda()
+    for config in lib.configs:
+        y = weight.mm(x8, sx, sw.cuda(), config).float()
+        assert ((y - ref).norm() / ref.norm()) < 1e-2, config
+
+
+@needs_library
+def test_the_layer_offers_cutlass_above_16_rows_and_replays_it_in_a_cuda_graph(fresh_load):
+    from prunekit.quantize import LinearFP8, fp8_linear
+    from prunekit.sparse.linear_fp8 import SparseLinear24FP8
+
+    linear = torch.nn.Linear(4096, 1024, bias=True)
+    w8, _ = fp8_24(1024, 4096)
+    linear.weight.data = w8.float()  # a 2:4 weight already on the FP8 grid of scale 1
+    dense = LinearFP8.from_linear(linear)
+    layer = SparseLinear24FP8.from_linear(dense).cuda()
+    x = torch.randn(300, 4096, dtype=torch.bfloat16, device="cuda")
+    assert "cutlass_fp8" in layer._fp8_candidates(x) and "cutlass_fp8" not in layer._fp8_candidates(x[:16])
+    ref = fp8_linear(x.float().cpu(), dense.weight, dense.weight_scale, dense.bias).cuda()
+    y = layer._run_fp8("cutlass_fp8", x)
+    assert y is not None and ((y.float() - ref).norm() / ref.norm()) < 1e-2, layer.paths
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer._run_fp8("cutlass_fp8", x)
+    graph.replay()
+    assert torch.equal(out, y)
+
+
+@pytest.mark.parametrize("shape,dense,why", [((1020, 4096), False, "out % 8"), ((1024, 4080), False, "in % 32"),
+                                             ((1024, 4096), True, "more than two non-zeros"),
+                                             ((1024, 4096), False, "CUDA weight")])
+def test_weights_the_kernels_cannot_take_are_refused_before_the_library_runs(shape, dense, why):
+    """Refused with CutlassError (the layer's fallback) before any call into the library: the compressor would fault
+    on a misaligned K, and a group with three non-zeros would overflow it."""
+    w8, _ = (quantize_fp8(torch.randn(*shape)) if dense else fp8_24(*shape))
+    with pytest.raises(cutlass_lib.CutlassError, match=why):
+        cutlass_lib.Weight24FP8(object(), w8)  # the library is never reached
