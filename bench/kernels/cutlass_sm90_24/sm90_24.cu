@@ -96,43 +96,7 @@ int PK_CAT(pk24_gemm_, PK_CFG)(const void* a, const void* e, const void* x, void
 }
 
 #if PK_CFG == 0  // the compressor goes with configuration 0 (all share its layout)
-using CompressorUtility = cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, ElementA, LayoutTagA, SparseConfig>;
-using CompressorKernel = cutlass::transform::kernel::StructuredSparseCompressor<ProblemShape, ElementA, LayoutTagA, SparseConfig, cutlass::arch::Sm90>;
-using Compressor = cutlass::transform::device::TransformUniversalAdapter<CompressorKernel>;
-
-// Sizes of the compressed weight: A_c is [m, kc] fp16 (row-major), E is me x ke bytes.
-int pk24_sizes(int m, int k, long long* kc, long long* e_bytes) {
-  ProblemShape shape{m, 1, k, 1};
-  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
-  CompressorUtility util(shape, stride_a);
-  *kc = util.get_tensorA_k_physical();
-  *e_bytes = (long long)util.get_metadata_m_physical() * util.get_metadata_k_physical() * sizeof(typename Mainloop::ElementE);
-  return 0;
-}
-
-// Compress a 2:4 W [m, k] fp16 row-major into A_c and E (CUTLASS's compressor kernel).
-int pk24_compress(const void* w, void* a_c, void* e, int m, int k, void* workspace, size_t workspace_bytes,
-                  cudaStream_t stream) {
-  ProblemShape shape{m, 1, k, 1};
-  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
-  cutlass::KernelHardwareInfo hw;
-  cudaGetDevice(&hw.device_id);
-  hw.sm_count = sm_count();
-  typename Compressor::Arguments args{shape, {static_cast<const ElementA*>(w), stride_a, static_cast<ElementA*>(a_c),
-                                              static_cast<typename Mainloop::ElementE*>(e)}, {hw}};
-  Compressor op;
-  if (op.can_implement(args) != cutlass::Status::kSuccess) return 1;
-  if (Compressor::get_workspace_size(args) > workspace_bytes) return 4;
-  if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
-  return op.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
-}
-
-size_t pk24_compress_workspace(int m, int k) {
-  ProblemShape shape{m, 1, k, 1};
-  auto stride_a = cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1));
-  cutlass::KernelHardwareInfo hw;
-  typename Compressor::Arguments args{shape, {nullptr, stride_a, nullptr, nullptr}, {hw}};
-  return Compressor::get_workspace_size(args);
-}
+#define PK_PREFIX pk24
+#include "compressor.cuh"
 #endif
 }
