@@ -1,4 +1,5 @@
-// Helpers shared by sm90_24.cu (fp16) and sm90_24_fp8.cu (E4M3 W8A8): the SM count and the tile scheduler's mode.
+// Helpers shared by sm90_24.cu (fp16) and sm90_24_fp8.cu (E4M3 W8A8): the SM count, the tile scheduler's mode and one
+// launch. Included after CUTLASS's headers.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -27,4 +28,13 @@ static void set_mode(S& scheduler, int mode) {
   using R = decltype(scheduler.raster_order);
   int r = (mode >> 16) & 0xff;
   scheduler.raster_order = r == 1 ? R::AlongM : r == 2 ? R::AlongN : R::Heuristic;
+}
+
+// One launch of a configured GEMM: 0 on success; 1: shape not supported; 2: initialize failed; 3: launch failed.
+template <class Gemm>
+static int run_gemm(typename Gemm::Arguments const& args, void* workspace, cudaStream_t stream) {
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
+  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
+  return gemm.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
 }

@@ -103,14 +103,10 @@ size_t PK_CAT(pk24f8_workspace_, PK_CFG)(int m, int n, int k, int mode) {
 }
 
 // y = (sx ⊗ sw) ⊙ (x8 W8^T) with the configuration's kernel; `mode` as in set_mode.
-// 0 on success; 1: shape not supported; 2: initialize failed; 3: launch failed.
+// Status as run_gemm's (common.cuh).
 int PK_CAT(pk24f8_gemm_, PK_CFG)(const void* a, const void* e, const void* x, const float* sw, const float* sx,
                                 void* y, int m, int n, int k, int mode, void* workspace, cudaStream_t stream) {
-  auto args = make_args(a, e, x, sw, sx, y, m, n, k, mode);
-  Gemm gemm;
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
-  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
-  return gemm.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
+  return run_gemm<Gemm>(make_args(a, e, x, sw, sx, y, m, n, k, mode), workspace, stream);
 }
 
 #if PK_CFG == 0  // the compressor goes with configuration 0 (all share its layout)
