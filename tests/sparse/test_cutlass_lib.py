@@ -87,3 +87,42 @@ def test_weights_the_kernels_cannot_take_are_refused_before_the_library_runs(sha
     w8, _ = (quantize_fp8(torch.randn(*shape)) if dense else fp8_24(*shape))
     with pytest.raises(cutlass_lib.CutlassError, match=why):
         cutlass_lib.Weight24FP8(object(), w8)  # the library is never reached
+
+
+def test_the_layer_offers_cutlass_only_above_16_rows_with_a_library_on_sm90(monkeypatch):
+    """Which FP8 paths a layer offers, without a GPU: the library, the GPU's generation and the row count stand in."""
+    from prunekit.quantize import LinearFP8
+    from prunekit.sparse import linear_fp8
+
+    linear = torch.nn.Linear(64, 48)
+    w8, _ = fp8_24(48, 64)
+    linear.weight.data = w8.float()
+    layer = linear_fp8.SparseLinear24FP8.from_linear(LinearFP8.from_linear(linear))
+    monkeypatch.setattr(linear_fp8, "fp8_tensor_cores", lambda device: False)  # cuSPARSELt FP8 left out
+    monkeypatch.setattr(linear_fp8.triton_fp8, "available", lambda: False)
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    monkeypatch.setattr(cutlass_lib, "load", lambda: object())
+    assert layer._fp8_candidates(torch.zeros(17, 64)) == ["cutlass_fp8"]
+    assert layer._fp8_candidates(torch.zeros(16, 64)) == []
+    capability[0] = (10, 0)  # the library holds sm_90a code only
+    assert layer._fp8_candidates(torch.zeros(17, 64)) == []
+    capability[0] = (9, 0)
+    monkeypatch.setattr(cutlass_lib, "load", lambda: None)
+    assert layer._fp8_candidates(torch.zeros(17, 64)) == []
+
+
+def test_a_layer_never_compresses_for_cutlass_inside_a_capture(monkeypatch):
+    """Compressing synchronizes the stream, which a CUDA-graph capture forbids: inside one the path declines (None)
+    without calling the library and without being marked refused, so a later eager call still takes it."""
+    from prunekit.quantize import LinearFP8
+    from prunekit.sparse import linear_fp8
+
+    linear = torch.nn.Linear(64, 48)
+    w8, _ = fp8_24(48, 64)
+    linear.weight.data = w8.float()
+    layer = linear_fp8.SparseLinear24FP8.from_linear(LinearFP8.from_linear(linear))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(cutlass_lib, "Weight24FP8", lambda *a: pytest.fail("compressed inside a capture"))
+    assert layer._cutlass_fp8(torch.zeros(17, 64)) is None
+    assert not layer._cutlass_refused and layer._cutlass is None
