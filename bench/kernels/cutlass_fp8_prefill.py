@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: environment
 from environment import environment  # bench/environment.py
+from cutlass_sparse_prefill import PERSISTENT_MODES  # beside this file: every FP8 configuration is persistent
 from prunekit.eval.speed import random_24_linears
 from prunekit.quantize import per_token
 from prunekit.quantize.fp8 import quantize_fp8
@@ -28,7 +29,6 @@ from prunekit.sparse import cutlass_lib
 from prunekit.sparse.timing import time_calls
 
 SHAPES = "4096x4096,1024x4096,14336x4096,4096x14336"  # q/o, k/v, gate/up, down of Llama-3.1-8B (out x in)
-MODES = {f"w{1 << w}/{'hMN'[r]}": 1 | w << 8 | r << 16 for w in range(4) for r in range(3)}  # common.cuh
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -67,7 +67,7 @@ def cell(lib: cutlass_lib.Library, out: int, inp: int, tokens: int) -> dict:
               lambda: torch._cslt_sparse_mm(cslt[0], x8.t(), out_dtype=torch.bfloat16).t() * sx * sw)
         cutlass = row["cutlass"] = {}
         for config in lib.configs:
-            for name, mode in MODES.items():
+            for name, mode in PERSISTENT_MODES.items():
                 key = f"{config}/{name}"
                 try:
                     err = rel_err(cut[0].mm(x8, sx, sw, config, mode), ref)

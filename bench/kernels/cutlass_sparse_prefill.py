@@ -29,11 +29,15 @@ P = ctypes.c_void_p
 STREAM_K = {6, 7}  # configurations built with the stream-K scheduler (build.sh)
 
 
+#: name → `mode` of a persistent-scheduler configuration: 1 split | log2 max swizzle << 8 | raster << 16 (common.cuh)
+PERSISTENT_MODES = {f"w{1 << w}/{'hMN'[r]}": 1 | w << 8 | r << 16 for w in range(4) for r in range(3)}
+
+
 def modes(config: int) -> dict[str, int]:
     """name → `mode` argument of pk24_gemm_<config> (splits | log2 swizzle << 8 | raster << 16)."""
     if config in STREAM_K:
         return {f"splits{s}": s for s in (1, 2, 3, 4)}
-    return {f"w{1 << w}/{'hMN'[r]}": 1 | w << 8 | r << 16 for w in range(4) for r in range(3)}
+    return PERSISTENT_MODES
 
 
 class Cutlass24:

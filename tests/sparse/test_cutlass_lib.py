@@ -3,9 +3,11 @@ import os
 import pytest
 import torch
 
-from prunekit.patterns import keep_n_of_m
 from prunekit.quantize.fp8 import quantize_fp8, quantize_per_token
 from prunekit.sparse import cutlass_lib
+from prunekit.sparse.linear_fp8 import SparseLinear24FP8
+
+from .test_linear_fp8 import fp8_24_linear
 
 
 @pytest.fixture
@@ -35,19 +37,14 @@ needs_library = pytest.mark.skipif(
     reason="needs an sm_90 GPU and PRUNEKIT_CUTLASS naming a library built with KIND=fp8")
 
 
-def fp8_24(out, inp, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(out, inp, generator=g)
-    return quantize_fp8(W.masked_fill(~keep_n_of_m(W.abs(), 2, 4), 0.0))
-
-
 @needs_library
 @pytest.mark.parametrize("rows", [17, 300, 2048])
 def test_every_configuration_matches_the_exact_product(fresh_load, rows):
     """Each configuration's y = sx · sw · (x̂ Ŵᵀ) against the fp32 product of the same FP8 operands: only the bf16
     rounding of the output and the order of the sum differ."""
     lib = fresh_load()
-    w8, sw = fp8_24(1024, 4096)
+    layer = fp8_24_linear(1024, 4096)
+    w8, sw = layer.weight, layer.weight_scale
     weight = cutlass_lib.Weight24FP8(lib, w8.cuda())
     x8, sx = quantize_per_token(torch.randn(rows, 4096, device="cuda"))
     ref = (x8.float() @ w8.cuda().float().t()) * sx * sw.cuda()
@@ -58,13 +55,9 @@ def test_every_configuration_matches_the_exact_product(fresh_load, rows):
 
 @needs_library
 def test_the_layer_offers_cutlass_above_16_rows_and_replays_it_in_a_cuda_graph(fresh_load):
-    from prunekit.quantize import LinearFP8, fp8_linear
-    from prunekit.sparse.linear_fp8 import SparseLinear24FP8
+    from prunekit.quantize import fp8_linear
 
-    linear = torch.nn.Linear(4096, 1024, bias=True)
-    w8, _ = fp8_24(1024, 4096)
-    linear.weight.data = w8.float()  # a 2:4 weight already on the FP8 grid of scale 1
-    dense = LinearFP8.from_linear(linear)
+    dense = fp8_24_linear(1024, 4096)
     layer = SparseLinear24FP8.from_linear(dense).cuda()
     x = torch.randn(300, 4096, dtype=torch.bfloat16, device="cuda")
     assert "cutlass_fp8" in layer._fp8_candidates(x) and "cutlass_fp8" not in layer._fp8_candidates(x[:16])
@@ -84,20 +77,16 @@ def test_the_layer_offers_cutlass_above_16_rows_and_replays_it_in_a_cuda_graph(f
 def test_weights_the_kernels_cannot_take_are_refused_before_the_library_runs(shape, dense, why):
     """Refused with CutlassError (the layer's fallback) before any call into the library: the compressor would fault
     on a misaligned K, and a group with three non-zeros would overflow it."""
-    w8, _ = (quantize_fp8(torch.randn(*shape)) if dense else fp8_24(*shape))
+    w8 = quantize_fp8(torch.randn(*shape))[0] if dense else fp8_24_linear(*shape).weight
     with pytest.raises(cutlass_lib.CutlassError, match=why):
         cutlass_lib.Weight24FP8(object(), w8)  # the library is never reached
 
 
 def test_the_layer_offers_cutlass_only_above_16_rows_with_a_library_on_sm90(monkeypatch):
     """Which FP8 paths a layer offers, without a GPU: the library, the GPU's generation and the row count stand in."""
-    from prunekit.quantize import LinearFP8
     from prunekit.sparse import linear_fp8
 
-    linear = torch.nn.Linear(64, 48)
-    w8, _ = fp8_24(48, 64)
-    linear.weight.data = w8.float()
-    layer = linear_fp8.SparseLinear24FP8.from_linear(LinearFP8.from_linear(linear))
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear(48, 64))
     monkeypatch.setattr(linear_fp8, "fp8_tensor_cores", lambda device: False)  # cuSPARSELt FP8 left out
     monkeypatch.setattr(linear_fp8.triton_fp8, "available", lambda: False)
     capability = [(9, 0)]
@@ -115,13 +104,7 @@ def test_the_layer_offers_cutlass_only_above_16_rows_with_a_library_on_sm90(monk
 def test_a_layer_never_compresses_for_cutlass_inside_a_capture(monkeypatch):
     """Compressing synchronizes the stream, which a CUDA-graph capture forbids: inside one the path declines (None)
     without calling the library and without being marked refused, so a later eager call still takes it."""
-    from prunekit.quantize import LinearFP8
-    from prunekit.sparse import linear_fp8
-
-    linear = torch.nn.Linear(64, 48)
-    w8, _ = fp8_24(48, 64)
-    linear.weight.data = w8.float()
-    layer = linear_fp8.SparseLinear24FP8.from_linear(LinearFP8.from_linear(linear))
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear(48, 64))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     monkeypatch.setattr(cutlass_lib, "Weight24FP8", lambda *a: pytest.fail("compressed inside a capture"))
     assert layer._cutlass_fp8(torch.zeros(17, 64)) is None

@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 
 from . import timing
+from .cusparselt_lib import _stream
 
 P = ctypes.c_void_p
 #: the scheduler mode every configuration runs with: 1 split, max swizzle 1, raster order chosen by CUTLASS
@@ -63,10 +64,6 @@ def load() -> Library | None:
         warnings.warn(f"PRUNEKIT_CUTLASS={path} is not a CUTLASS FP8 2:4 library built by "
                       f"bench/kernels/cutlass_sm90_24/build.sh with KIND=fp8 ({err}); not used")
         return None
-
-
-def _stream(device: torch.device) -> ctypes.c_void_p:
-    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
 
 
 def _check(status: int, what: str) -> None:
