@@ -32,9 +32,17 @@ def test_a_path_that_is_no_library_warns_with_the_fix_and_is_not_used(fresh_load
         assert fresh_load() is None
 
 
-needs_library = pytest.mark.skipif(
-    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and os.environ.get("PRUNEKIT_CUTLASS")),
-    reason="needs an sm_90 GPU and PRUNEKIT_CUTLASS naming a library built with KIND=fp8")
+needs_sm90 = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)),
+    reason="needs a CUDA GPU of compute capability 9.0 (the kernels are built for sm_90a)")
+needs_library_variable = pytest.mark.skipif(
+    not os.environ.get("PRUNEKIT_CUTLASS"),
+    reason="needs PRUNEKIT_CUTLASS naming a library built by bench/kernels/cutlass_sm90_24/build.sh with KIND=fp8")
+
+
+def needs_library(test):
+    """GPU first, so that a CPU machine skips for the GPU and a GPU machine without the library says so."""
+    return needs_library_variable(needs_sm90(test))
 
 
 @needs_library
