@@ -26,6 +26,7 @@ from prunekit.eval.speed import random_24_linears
 from prunekit.quantize import per_token
 from prunekit.quantize.fp8 import quantize_fp8
 from prunekit.sparse import cutlass_lib
+from prunekit.sparse.packing import pack_24
 from prunekit.sparse.timing import time_calls
 
 SHAPES = "4096x4096,1024x4096,14336x4096,4096x14336"  # q/o, k/v, gate/up, down of Llama-3.1-8B (out x in)
@@ -44,7 +45,9 @@ def cell(lib: cutlass_lib.Library, out: int, inp: int, tokens: int) -> dict:
     x8, sx = per_token.quantize(x)
     w8, sw = fp8[0]
     ref = (x8.float() @ w8.float().t()) * sx * sw
-    row = {"out": out, "in": inp, "tokens": tokens, "errors": {}}
+    row = {"out": out, "in": inp, "tokens": tokens, "errors": {},
+           # whether CUTLASS's compressed values are prunekit's packed ones byte for byte (then a layer holds them once)
+           "cutlass_values_shared": cutlass_lib.Weight24FP8(lib, w8).share_values(pack_24(w8)[0])}
 
     def timed(name, calls, check=None):
         try:
@@ -104,8 +107,9 @@ def main() -> None:
                   f"{ratio('dense_fp8_fast_ms')}; cslt fp8 {ratio('cslt_fp8_ms')}; CUTLASS {ratio('cutlass_ms')} "
                   f"[{row.get('cutlass_best')}], max rel. error {row.get('cutlass_max_rel_err')}; errors {row['errors']}",
                   flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"environment": environment("cuda", "bfloat16"), "rows": rows}, indent=1))
+            if args.json:  # after every row, so that a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps({"environment": environment("cuda", "bfloat16"), "rows": rows},
+                                                      indent=1))
 
 
 if __name__ == "__main__":

@@ -117,3 +117,25 @@ def test_a_layer_never_compresses_for_cutlass_inside_a_capture(monkeypatch):
     monkeypatch.setattr(cutlass_lib, "Weight24FP8", lambda *a: pytest.fail("compressed inside a capture"))
     assert layer._cutlass_fp8(torch.zeros(17, 64)) is None
     assert not layer._cutlass_refused and layer._cutlass is None
+
+
+def test_weight_memory_counts_cutlass_copy_once_and_shared_values_once():
+    """weight_mb counts CUTLASS's compressed weight and metadata beside the layer's own buffers (an FP8 model on the
+    cutlass_fp8 path holds them too), and values shared with the layer (share_values) once."""
+    from types import SimpleNamespace
+
+    from prunekit.eval.speed import weight_mb
+
+    layer = SparseLinear24FP8.from_linear(fp8_24_linear(64, 128))
+    alone = weight_mb(layer)
+    values, meta = layer.values.clone(), torch.zeros(64 * 128 // 8, dtype=torch.uint8)
+    layer._cutlass = SimpleNamespace(values=values, meta=meta)
+    assert weight_mb(layer) * 2**20 == alone * 2**20 + values.nbytes + meta.nbytes
+    shared = cutlass_lib.Weight24FP8.__new__(cutlass_lib.Weight24FP8)  # compressed "by CUTLASS" into the same layout
+    shared.values, shared.meta = values, meta
+    assert shared.share_values(layer.values) and shared.values is layer.values
+    layer._cutlass = shared
+    assert weight_mb(layer) * 2**20 == alone * 2**20 + meta.nbytes
+    other = layer.values.clone()
+    other.view(torch.uint8)[0, 0] ^= 1
+    assert not shared.share_values(other) and shared.values is layer.values  # different bytes: not shared

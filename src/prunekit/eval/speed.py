@@ -165,13 +165,14 @@ def linear_shapes(model) -> list[tuple[int, int]]:
 
 def weight_mb(model) -> float:
     """MiB held by the model's parameters and buffers (shared storage counted once), cuSPARSELt's compressed
-    buffers included."""
-    storages = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    buffers and CUTLASS's compressed weight and metadata (SparseLinear24FP8's cutlass_fp8 path) included."""
+    tensors = list(model.parameters()) + list(model.buffers())
     for m in model.modules():
         if isinstance(m, SparseLinear24) and m._compressed is not None:
-            storages[m._compressed.untyped_storage().data_ptr()] = m._compressed.untyped_storage().nbytes()
+            tensors.append(m._compressed)
+        if getattr(m, "_cutlass", None) is not None:
+            tensors += [m._cutlass.values, m._cutlass.meta]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values()) / 2**20
 
 

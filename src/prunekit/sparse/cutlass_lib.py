@@ -101,6 +101,17 @@ class Weight24FP8:
         torch.cuda.current_stream(weight.device).synchronize()
         self._workspaces: dict[tuple[int, int, int], torch.Tensor | None] = {}
 
+    def share_values(self, values: torch.Tensor) -> bool:
+        """Read the kept values from `values` (a layer's own packed [out, in/2] copy, prunekit.sparse.pack_24) where
+        they are the same bytes as CUTLASS's compressed values, so that the weight is held once beside CUTLASS's
+        metadata (as SparseLinear24FP8 shares cuSPARSELt's); returns whether they are."""
+        same = (values.shape == self.values.shape and values.dtype == self.values.dtype and values.is_contiguous()
+                and values.device == self.values.device
+                and torch.equal(values.view(torch.uint8), self.values.view(torch.uint8)))
+        if same:
+            self.values = values
+        return same
+
     def mm(self, x8: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, config: int | None = None,
            mode: int = MODE) -> torch.Tensor:
         """y [n, m] bf16 (module docstring) for x8 [n, k] E4M3 and scales sx [n] (or [n, 1]), sw [m] fp32; `config`

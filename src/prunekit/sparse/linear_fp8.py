@@ -211,6 +211,7 @@ class SparseLinear24FP8(KeepsFP8, SparseLinear24):
         try:
             if fresh:
                 self._cutlass = cutlass_lib.Weight24FP8(cutlass_lib.load(), self.fp8_weight())
+                self._cutlass.share_values(self.values)  # one copy of the values where the layouts agree
             xq, sx = per_token.quantize(x2)
             key = (self.out_features, x2.shape[0], self.in_features)
             if key not in cutlass_lib.TUNED and not torch.cuda.is_current_stream_capturing():
