@@ -1,8 +1,8 @@
 """OWL and the measured-loss allocation against uniform sparsity under protocol Q, λ and M chosen on validation.
 
 For each model: Wanda (or `--method`) at `--sparsity` with `--layer-sparsity uniform`, then with OWL for every
-(M, λ) of the grid, and with `--allocations ...,sensitivity` the measured-loss allocation for every λ of the grid
-(its step either side of the target; M unused). Every run is scored on C4 validation (the first `--val-windows`
+(M, λ) of the grid, and with `--allocations ...,sensitivity` (or `sensitivity-blocks`) the measured-loss allocation
+for every λ of the grid (its step either side of the target; M unused). Every run is scored on C4 validation (the first `--val-windows`
 windows of 1024 tokens of shared/data/c4/c4.validation_2k.jsonl: neither calibration nor test data) and on protocol
 Q's WikiText-2 test windows. The choice of (M, λ) reads the validation column only; the test column of the chosen
 cell is the figure to report. Calibration: protocol Q's 128 windows of WikiText-2 validation. One JSON line per run,
@@ -34,15 +34,17 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.7)
     p.add_argument("--m", default="5,7,10", help="OWL M values to try")
     p.add_argument("--lam", default="0.04,0.08,0.12", help="λ values to try (OWL's band; sensitivity's step)")
-    p.add_argument("--allocations", default="owl", help="owl and/or sensitivity, comma-separated (uniform always runs)")
+    p.add_argument("--allocations", default="owl",
+                   help="owl, sensitivity and/or sensitivity-blocks, comma-separated (uniform always runs)")
     p.add_argument("--val-windows", type=int, default=20)
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True)
     args = p.parse_args()
     allocations = args.allocations.split(",")
-    if not set(allocations) <= {"owl", "sensitivity"}:
-        p.error(f"--allocations {args.allocations}: each must be owl or sensitivity (uniform always runs)")
+    if not set(allocations) <= {"owl", "sensitivity", "sensitivity-blocks"}:
+        p.error(f"--allocations {args.allocations}: each must be owl, sensitivity or sensitivity-blocks (uniform "
+                "always runs)")
 
     from environment import environment
     from protocol import protocol_q
@@ -61,7 +63,8 @@ def main() -> None:
     lams = [float(lam) for lam in args.lam.split(",")]
     cells = [("uniform", None, None)]
     cells += [("owl", float(m), lam) for m in args.m.split(",") for lam in lams] if "owl" in allocations else []
-    cells += [("sensitivity", None, lam) for lam in lams] if "sensitivity" in allocations else []
+    cells += [(kind, None, lam) for kind in ("sensitivity", "sensitivity-blocks") if kind in allocations
+              for lam in lams]
     out = Path(args.output)
     done = set()  # cells already in the output (a rerun with a wider grid runs only the new ones)
     if out.exists():

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from . import parallel
+from .allocation import group_configs
 from .checkpoints import RunCheckpoint
 from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward, forward_layer
 from .errors import UsageError
@@ -85,9 +86,11 @@ class _Collect:
 
 
 def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Tensor, pruned_in: torch.Tensor | None,
-                          kwargs: dict, device, batch_size: int, index: int) -> tuple[list[OperatorResult], float]:
+                          kwargs: dict, device, batch_size: int, index: int,
+                          rate=None) -> tuple[list[OperatorResult], float]:
     """Prune `layer` in place group by group and advance the dense stream: on return `dense_in` holds
-    the dense layer's outputs (the next layer's dense inputs).
+    the dense layer's outputs (the next layer's dense inputs). `rate`: the layer's own sparsity, or one per
+    residual block (allocation.group_configs); None: the config's.
 
     `pruned_in` is the pruned stream's layer input (intra+inter) or None (both copies read
     `dense_in`). Returns (operator results, seconds spent in the pruners)."""
@@ -95,7 +98,8 @@ def prune_layer_corrected(layer: nn.Module, adapter, config, dense_in: torch.Ten
     prefix = adapter.layer_prefix(index)
     groups, dense_groups = (adapter.pruned_groups(layer, index, config),  # less what --targets/--ignore leave dense
                             adapter.pruned_groups(dense_layer, index, config))
-    pruners = [config.make_pruner(group[0][1].in_features, device) for group in groups]
+    configs = group_configs(config, rate, adapter, groups)
+    pruners = [c.make_pruner(group[0][1].in_features, device) for c, group in zip(configs, groups)]
     results, prune_s = [], 0.0
 
     def prune_group(g, inputs=None):
@@ -187,9 +191,9 @@ def prune_layerwise_corrected(model: nn.Module, config, calib_ids: torch.Tensor,
         t0 = time.perf_counter()
         pruned_in = streams["pruned_in"]
         if dist.owns(index):
-            layer_config = config if layer_sparsity is None else config.at_layer(layer_sparsity[index])
-            ops, prune_s = prune_layer_corrected(layer, walk.adapter, layer_config, walk.hidden,
-                                                 pruned_in if inter else None, kwargs, device, batch_size, index)
+            ops, prune_s = prune_layer_corrected(layer, walk.adapter, config, walk.hidden,
+                                                 pruned_in if inter else None, kwargs, device, batch_size, index,
+                                                 rate=None if layer_sparsity is None else layer_sparsity[index])
             result.operators += ops
             result.timings["pruning"] += prune_s
             if pruned_stream:  # the pruned layer's outputs are the next layer's pruned-stream inputs

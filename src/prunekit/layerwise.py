@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .allocation import layer_rates
+from .allocation import group_configs, layer_rates
 from .checkpoints import RunCheckpoint
 from .correction import prune_layerwise_corrected
 from .engine import LayerWalk, OperatorResult, PruneResult, _StopForward
@@ -86,8 +86,8 @@ def prune_layerwise(model: nn.Module, config: PruneConfig, calib_ids: torch.Tens
 
     for index, layer, kwargs in walk:
         groups = walk.adapter.pruned_groups(layer, index, config)  # less what --targets/--ignore leave dense
-        layer_config = config if layer_sparsity is None else config.at_layer(layer_sparsity[index])
-        pruners = [layer_config.make_pruner(group[0][1].in_features, device) for group in groups]
+        configs = group_configs(config, None if layer_sparsity is None else layer_sparsity[index], walk.adapter, groups)
+        pruners = [c.make_pruner(group[0][1].in_features, device) for c, group in zip(configs, groups)]
 
         t0 = time.perf_counter()
         hooks = _StatisticsHooks(groups, pruners, recon_windows, walk.offload)

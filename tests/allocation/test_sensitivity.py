@@ -33,11 +33,12 @@ def wanda_norms(model, windows):
     return {name: v.sqrt() for name, v in sq.items()}
 
 
-def reference_loss(model, windows, norms, layer, pattern, rate, loss_windows):
-    """The whole model's mean next-token loss with decoder layer `layer` alone pruned by Wanda's rule."""
+def reference_loss(model, windows, norms, layer, pattern, rate, loss_windows, block=""):
+    """The whole model's mean next-token loss with decoder layer `layer` (or only its operators under `block`,
+    e.g. "mlp.") alone pruned by Wanda's rule."""
     saved = {}
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.startswith(f"model.layers.{layer}."):
+        if isinstance(module, torch.nn.Linear) and name.startswith(f"model.layers.{layer}.{block}"):
             W = module.weight.data
             saved[name] = W.clone()
             scores = W.double().abs() * norms[name]
@@ -102,6 +103,56 @@ def test_the_layer_that_loses_most_gets_denser(monkeypatch, pattern, target, h):
     assert rates == pytest.approx([target - h, target, target + h], abs=2e-3)  # to one weight
     if pattern.mixed:
         assert report["mixed"]["N"] == [3, 2, 1]
+
+
+def test_each_block_probe_is_the_whole_models_loss_with_that_block_pruned():
+    """sensitivity-blocks: units are (layer 0 attention, layer 0 MLP, layer 1 attention, ...)."""
+    model, windows = tiny_llama(layers=2), random_windows(6, 32)
+    pattern = Pattern.parse("unstructured")
+    losses, _ = layer_losses(model, windows, pattern, 0.6, 0.1, windows=4, blocks=True, batch_size=4, progress=False)
+    norms = wanda_norms(model, windows)
+    assert losses.shape == (4, 3)
+    for layer in range(2):
+        for b, block in enumerate(("self_attn.", "mlp.")):
+            for k, rate in enumerate(step_rates(0.6, 0.1)):
+                ref = reference_loss(model, windows, norms, layer, pattern, rate, 4, block)
+                assert losses[2 * layer + b, k] == pytest.approx(ref, rel=1e-5)
+
+
+def test_sensitivity_blocks_end_to_end(tiny_model_dir, text_file, tmp_path, capsys):
+    """Each layer gets an [attention, MLP] pair; each kind of block averages the target over its weights, and every
+    operator is pruned at its block's rate."""
+    args = ["prune", "--model", tiny_model_dir, "--calib-data", text_file, "--eval-data", "none", "--nsamples", 8,
+            "--seqlen", 32, "--device", "cpu", "--quiet", "--output", tmp_path / "out", "--method", "wanda",
+            "--sparsity", 0.6, "--layer-sparsity", "sensitivity-blocks", "--owl-lambda", 0.1]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    allocation = report["details"]["layer_sparsity"]
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.allocation import block_sizes
+
+    sizes = block_sizes(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    rates = allocation["rates"]
+    assert allocation["allocation"] == "sensitivity-blocks" and all(len(pair) == 2 for pair in rates)
+    flat = [r for pair in rates for r in pair]
+    assert len(flat) == len(sizes) == len(allocation["losses"])
+    for kind in (0, 1):  # attention, MLP: each kind averages the target on its own
+        n = sizes[kind::2]
+        assert sum(r * k for r, k in zip(flat[kind::2], n)) == pytest.approx(0.6 * sum(n), abs=1)
+        assert all(0.5 - 1e-6 <= r <= 0.7 + 1e-6 for r in flat[kind::2])
+    for op in report["layers"]:
+        layer = int(op["name"].split(".")[2])
+        rate = rates[layer][0 if ".self_attn." in op["name"] else 1]
+        assert op["sparsity"] == pytest.approx(rate, abs=1 / op["shape"][1])  # Wanda rounds per row
+
+
+def test_sensitivity_blocks_refuses_a_mixed_pattern():
+    from prunekit.methods import config_class
+
+    with pytest.raises(ValueError, match="use --layer-sparsity sensitivity .one rate per layer., not sensitivity-blocks"):
+        config_class("wanda")(pattern="mixed-2:8", layer_sparsity="sensitivity-blocks")
 
 
 def test_ties_stay_uniform():

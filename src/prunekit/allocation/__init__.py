@@ -5,7 +5,8 @@ layer-wise pruner runs.
   owl      layers with more outlier weights are pruned less (Yin et al., 2024; allocation/owl.py);
   rmi      layers whose representation the others share are pruned more (LoSA §2.2; allocation/rmi.py);
   sensitivity  each layer pruned alone at the target and one step either side, the calibration loss measured,
-           and the steps with the least summed loss chosen (SPDY's additive model; allocation/sensitivity.py).
+           and the steps with the least summed loss chosen (SPDY's additive model; allocation/sensitivity.py);
+  sensitivity-blocks  the same per residual block: each layer's attention and MLP get their own rates.
 
 The rates always average exactly the target over all pruned weights (allocation/rounding.py).
 
@@ -23,7 +24,7 @@ from .owl import outlier_ratios, owl_rates
 from .rmi import (feature_positions, layer_features, layer_importance, rmi_delta, rmi_sparsity,
                   similarity_matrix)
 from .rounding import mixed_n
-from .sensitivity import sensitivity_rates
+from .sensitivity import sensitivity_rates, unit_groups
 
 #: RMI's representations: 1024 tokens drawn from the first 16 calibration windows (LoSA's defaults)
 RMI_TOKENS, RMI_WINDOWS, RMI_SEED = 1024, 16, 0
@@ -33,6 +34,17 @@ def layer_sizes(model) -> list[int]:
     """n_l: the weights of the pruned operators of each decoder layer."""
     adapter = get_adapter(model)
     return [sum(op.weight.numel() for _, op in adapter.linears(layer)) for layer in adapter.layers()]
+
+
+def block_sizes(model) -> list[int]:
+    """The weights of the pruned operators of each residual block (attention, MLP), layer after layer."""
+    adapter = get_adapter(model)
+    sizes = []
+    for layer in adapter.layers():
+        groups = adapter.linear_groups(layer)
+        sizes += [sum(op.weight.numel() for g in unit for _, op in groups[g])
+                  for unit in unit_groups(adapter, groups, blocks=True)]
+    return sizes
 
 
 def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cpu", batch_size: int = 8,
@@ -49,10 +61,12 @@ def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cp
         rates = owl_rates(ratios, sizes, target, config.owl_lambda)
         report = {"allocation": "owl", "M": config.owl_m, "lambda": config.owl_lambda, "outlier_ratios": ratios,
                   "rates": rates}
-    elif kind == "sensitivity":  # its own rounding: whole steps of N, or whole weights within s ± λ
+    elif kind in ("sensitivity", "sensitivity-blocks"):  # its own rounding: whole steps of N, or whole weights ± λ
         step = pattern.step if pattern.mixed else config.owl_lambda
-        return sensitivity_rates(model, calib, pattern, target, step, sizes, device=device, offload=offload,
-                                 batch_size=batch_size, progress=progress)
+        blocks = kind == "sensitivity-blocks"
+        return sensitivity_rates(model, calib, pattern, target, step, block_sizes(model) if blocks else sizes,
+                                 blocks=blocks, device=device, offload=offload, batch_size=batch_size,
+                                 progress=progress)
     else:
         delta = pattern.step if pattern.mixed else rmi_delta(target)
         positions = feature_positions(calib, RMI_WINDOWS, RMI_TOKENS, RMI_SEED)
@@ -64,6 +78,17 @@ def layer_rates(config, model, calib: torch.Tensor, *, device="cpu", offload="cp
         rates, report["mixed"] = mixed_rates(rates, sizes, pattern)
         report["rates"] = rates
     return rates, report
+
+
+def group_configs(config, rate, adapter, groups) -> list:
+    """The config that prunes each group of operators (those sharing an input) of one decoder layer: `config`
+    itself (rate None: uniform), the layer's `rate`, or, where the allocation gave one rate per residual block
+    (`rate` a sequence: attention, MLP), the rate of the group's block (adapter.block_of)."""
+    if rate is None:
+        return [config] * len(groups)
+    if isinstance(rate, (list, tuple)):
+        return [config.at_layer(rate[adapter.block_of(group[0][0])]) for group in groups]
+    return [config.at_layer(rate)] * len(groups)
 
 
 def mixed_rates(rates: list[float], sizes: list[int], pattern) -> tuple[list[float], dict]:

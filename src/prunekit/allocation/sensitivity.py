@@ -14,6 +14,10 @@ either side,
 
 and  min Σ_l L_l(x_l)  s.t.  Σ_l n_l x_l = s Σ_l n_l  is solved exactly by dynamic programming, with Σ j_l = 0 over
 the layers of each size n_l (a transformer's decoder layers are one size: as many steps up as down).
+
+`--layer-sparsity sensitivity-blocks` does the same per residual block: the attention operators and the MLP operators
+of each layer are probed and stepped on their own (l above runs over blocks), as many attention blocks up as down and
+as many MLP blocks up as down (the two kinds differ in size, so each kind averages the target by itself).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from ..engine import LayerWalk
 from ..errors import UsageError
 from ..eval.perplexity import head_nll
+from ..models.adapters import get_adapter
 from ..patterns import Pattern, select_mask
 from ..streaming import layer_store
 from .owl import group_input_norms
@@ -48,27 +53,41 @@ def step_rates(target: float, h: float) -> list[float]:
 
 @torch.no_grad()
 def layer_losses(model, calib: torch.Tensor, pattern: Pattern, target: float, h: float, *, windows: int = LOSS_WINDOWS,
-                 device="cpu", offload="cpu", batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, float]:
-    """(L_l at each of step_rates for every layer [layers, 3] (inf where the rate leaves [0, 1)), L_dense)."""
+                 blocks: bool = False, device="cpu", offload="cpu", batch_size: int = 8,
+                 progress: bool = True) -> tuple[np.ndarray, float]:
+    """(L_u at each of step_rates for every unit [units, 3] (inf where the rate leaves [0, 1)), L_dense): the units are
+    the decoder layers, or with `blocks` each layer's residual blocks in turn (attention, MLP: adapter.block_of)."""
     if layer_store(model) is not None:
         raise UsageError(NEEDS_MEMORY)
     walk = LayerWalk(model, calib, device=device, offload=offload, batch_size=batch_size, progress=progress,
-                     desc="layer sensitivity", read_only=True)
+                     desc="block sensitivity" if blocks else "layer sensitivity", read_only=True)
     loss_ids = calib[:windows]
     rates = step_rates(target, h)
-    losses = np.full((len(walk.layers), len(STEPS)), math.inf)
-    dense = None
+    losses, dense = [], None
     for index, layer, kwargs in walk:
         start = walk.hidden[:windows].clone()  # this layer's dense inputs on the loss windows
         groups = walk.adapter.linear_groups(layer)
         norms = group_input_norms(walk, layer, kwargs, groups)  # advances walk.hidden to the dense outputs
         if dense is None:
             dense = loss_through_rest(model, walk, index, start, loss_ids)
-        for k, rate in enumerate(rates):
-            if 0.0 <= rate < 1.0:
-                with pruned_alone(groups, norms, pattern.of_layer(rate) if pattern.mixed else pattern, rate):
-                    losses[index, k] = loss_through_rest(model, walk, index, start, loss_ids)
-    return losses, dense
+        for unit in unit_groups(walk.adapter, groups, blocks):
+            row = [math.inf] * len(rates)
+            for k, rate in enumerate(rates):
+                if 0.0 <= rate < 1.0:
+                    with pruned_alone([groups[g] for g in unit], [norms[g] for g in unit],
+                                      pattern.of_layer(rate) if pattern.mixed else pattern, rate):
+                        row[k] = loss_through_rest(model, walk, index, start, loss_ids)
+            losses.append(row)
+    return np.array(losses), dense
+
+
+def unit_groups(adapter, groups, blocks: bool) -> list[list[int]]:
+    """The indices into a layer's `groups` of each unit probed and stepped as one: the whole layer, or each residual
+    block (adapter.block_of) in order."""
+    if not blocks:
+        return [list(range(len(groups)))]
+    of = [adapter.block_of(group[0][0]) for group in groups]
+    return [[g for g in range(len(groups)) if of[g] == b] for b in sorted(set(of))]
 
 
 @contextmanager
@@ -129,11 +148,12 @@ def least_loss_steps(losses: np.ndarray, sizes: list[int]) -> list[int]:
 
 
 def sensitivity_rates(model, calib: torch.Tensor, pattern: Pattern, target: float, h: float, sizes: list[int], *,
-                      device="cpu", offload="cpu", batch_size: int = 8,
-                      progress: bool = True) -> tuple[list[float], dict]:
-    """(each layer's rate, report.json's record) for the target `target` with step `h` (module docstring); for a
-    mixed N:M pattern the rates are exactly 1 − N_l/M, else rounded to whole weights within s ± h."""
-    losses, dense = layer_losses(model, calib, pattern, target, h, device=device, offload=offload,
+                      blocks: bool = False, device="cpu", offload="cpu", batch_size: int = 8,
+                      progress: bool = True) -> tuple[list, dict]:
+    """(each layer's rate, or with `blocks` each layer's [attention, MLP] rates; report.json's record) for the target
+    `target` with step `h` (module docstring); `sizes`: the weights of each unit (layer, or block in layer order).
+    For a mixed N:M pattern the rates are exactly 1 − N_l/M, else rounded to whole weights within s ± h."""
+    losses, dense = layer_losses(model, calib, pattern, target, h, blocks=blocks, device=device, offload=offload,
                                  batch_size=batch_size, progress=progress)
     steps = least_loss_steps(losses, sizes)
     if pattern.mixed:  # whole steps of N: exactly 1 − N_l/M
@@ -141,7 +161,11 @@ def sensitivity_rates(model, calib: torch.Tensor, pattern: Pattern, target: floa
     else:
         lo, hi = np.full(len(sizes), max(0.0, target - h)), np.full(len(sizes), min(1.0, target + h))
         rates = whole_weight_rates(np.array([target - j * h for j in steps]), np.asarray(sizes), target, lo, hi)
-    report = {"allocation": "sensitivity", "step": h, "loss_windows": min(LOSS_WINDOWS, len(calib)),
+    if blocks:  # one [attention, MLP] pair per layer
+        per_layer = len(rates) // len(get_adapter(model).layers())
+        rates = [rates[i:i + per_layer] for i in range(0, len(rates), per_layer)]
+    report = {"allocation": "sensitivity-blocks" if blocks else "sensitivity", "step": h,
+              "loss_windows": min(LOSS_WINDOWS, len(calib)),
               "dense_loss": dense,
               "candidate_rates": step_rates(target, h),
               "losses": [[None if math.isinf(v) else float(v) for v in row] for row in losses], "rates": rates}

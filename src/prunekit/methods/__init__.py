@@ -89,7 +89,7 @@ def check_options(config: PruneConfig, checkpoint_dir=None, offload: str = "cpu"
                          f"model: use --offload {' or '.join(found.offload)})")
     if offload == "disk" and getattr(config, "parallel_layers", False):
         raise UsageError("--offload disk cannot be combined with --parallel-layers: use --offload cpu")
-    if offload == "disk" and getattr(config, "layer_sparsity", "uniform") == "sensitivity":
+    if offload == "disk" and getattr(config, "layer_sparsity", "uniform") in ("sensitivity", "sensitivity-blocks"):
         raise UsageError(sensitivity.NEEDS_MEMORY)
     return found
 

@@ -70,6 +70,16 @@ class Adapter:
                   for group in self.linear_groups(layer)]
         return [group for group in groups if group]
 
+    def block_of(self, path: str) -> int:
+        """The residual block (0: attention, 1: MLP) that operator `path` belongs to: a block ends with the group that
+        holds one of its `writer_paths` (the operator whose output is added to the residual stream)."""
+        block = 0
+        for group in self.groups:
+            if path in group:
+                return block
+            block += any(p in self.writer_paths for p in group)
+        raise KeyError(f"{path} is not a linear operator of a {type(self).__name__} decoder layer")
+
     def operator_names(self) -> list[str]:
         """Every linear operator of every decoder layer by its model-relative name (model.layers.3.mlp.down_proj)."""
         return [f"{self.layer_prefix(i)}.{path}" for i in range(len(self.layers())) for group in self.groups

@@ -28,9 +28,9 @@ from ..patterns import Pattern, check_sparsity, select_mask
 
 UNSTRUCTURED_DEFAULT = 0.5
 #: --layer-sparsity: how the target is spread over the decoder layers (prunekit.allocation)
-ALLOCATIONS = ("uniform", "owl", "rmi", "sensitivity")
-#: the allocations that score layers (what a mixed N:M pattern needs), as messages name them
-SCORED_ALLOCATIONS = ", ".join(ALLOCATIONS[1:-1]) + " or " + ALLOCATIONS[-1]
+ALLOCATIONS = ("uniform", "owl", "rmi", "sensitivity", "sensitivity-blocks")
+#: the allocations that give each layer one rate (what a mixed N:M pattern needs), as messages name them
+SCORED_ALLOCATIONS = ", ".join(ALLOCATIONS[1:3]) + " or " + ALLOCATIONS[3]
 #: OWL's λ (the paper's); a mixed N:M pattern that leaves it here gets one step of N instead (1/M)
 OWL_LAMBDA = 0.08
 
@@ -105,7 +105,8 @@ class LayerwiseConfig(PruneConfig):
     layer_sparsity: str = field(default="uniform", metadata={
         "help": "per-layer sparsity: uniform, owl (layers with more outlier weights pruned less), rmi (layers "
                 "whose representation the others share pruned more, LoSA's rule) or sensitivity (each layer pruned "
-                "alone one step either side of the target, the steps with the least calibration loss kept)"})
+                "alone one step either side of the target, the steps with the least calibration loss kept) or "
+                "sensitivity-blocks (the same for each layer's attention and MLP on their own; unstructured only)"})
     owl_m: float = field(default=5.0, metadata={
         "help": "OWL: a weight is an outlier when |W_ij|·‖X_j‖ exceeds M × its layer's mean", "above": 0.0})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={
@@ -139,6 +140,9 @@ class LayerwiseConfig(PruneConfig):
             raise ValueError(f"--layer-sparsity {self.layer_sparsity} spreads the target over every operator of each "
                              "layer: it cannot be combined with --targets/--ignore yet (use --layer-sparsity uniform)")
         if self.pattern.mixed:
+            if self.layer_sparsity == "sensitivity-blocks":
+                raise ValueError(f"--pattern {self.pattern} prunes each layer at one N:M: use --layer-sparsity "
+                                 f"sensitivity (one rate per layer), not sensitivity-blocks")
             if self.layer_sparsity == "uniform":
                 raise ValueError(f"--pattern {self.pattern} takes each layer's N from layer scores: add "
                                  f"--layer-sparsity {SCORED_ALLOCATIONS}")
