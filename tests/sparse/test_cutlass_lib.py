@@ -79,6 +79,20 @@ def test_the_layer_offers_cutlass_above_16_rows_and_replays_it_in_a_cuda_graph(f
     assert torch.equal(out, y)
 
 
+@needs_library
+def test_the_layer_shares_its_packed_values_with_cutlass_also_where_groups_hold_fewer_than_two(fresh_load):
+    """CUTLASS's compressed values are the layer's packed values byte for byte, also for groups with one or no
+    non-zero (rows of zeros and single weights here), so the layer holds them once."""
+    dense = fp8_24_linear(1024, 4096)
+    w = dense.weight.view(torch.uint8)  # written in place
+    w[:5, :] = 0  # row 4 stays empty
+    for position in range(4):
+        w[position, position::4] = 0x38  # 1.0 in E4M3: one non-zero per group, at each position in turn
+    layer = SparseLinear24FP8.from_linear(dense).cuda()
+    weight = cutlass_lib.Weight24FP8(fresh_load(), layer.fp8_weight())
+    assert weight.share_values(layer.values) and weight.values is layer.values
+
+
 @pytest.mark.parametrize("shape,dense,why", [((1020, 4096), False, "out % 8"), ((1024, 4080), False, "in % 32"),
                                              ((1024, 4096), True, "more than two non-zeros"),
                                              ((1024, 4096), False, "CUDA weight")])

@@ -4,7 +4,8 @@
   values [out, in/2]: the 2 kept weights of each group, in input order;
   meta   [out, in/8] uint8: per group one nibble i0 | i1 << 2 (i0 < i1, positions 0..3 in the group),
          the even group in the low nibble and the odd group in the high nibble of each byte.
-  A group with fewer than 2 non-zeros keeps zero-valued slots at its lowest free positions.
+  A group with fewer than 2 non-zeros keeps zero-valued slots at its highest free positions, as the GPU
+  compressors do (cuSPARSELt, CUTLASS): its packed values are then theirs byte for byte.
   Storage: in/2 values + in/8 bytes per row, 0.5625× the dense bytes in fp16.
 bitmask — any sparsity:
   values [nnz]: the non-zero weights in row-major order;
@@ -50,8 +51,12 @@ def pack_24(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nz = nonzero_bits(W).view(out, cols // 4, 4)
     if (nz.sum(dim=2) > 2).any():
         raise ValueError(_not_24_message(W, nz))
-    # non-zero positions first, then the lowest free ones; the two chosen sorted ascending
-    order = (~nz).to(torch.int8) * 4 + torch.arange(4, dtype=torch.int8, device=W.device)
+    # non-zero positions first, then the highest free ones; the two chosen sorted ascending. A group with one non-zero
+    # thus stores (x, 0) unless x is last, and an empty one (0, 0) at positions 2, 3: the values cuSPARSELt (bf16,
+    # FP8) and CUTLASS's compressor store, so a layer's packed values are theirs byte for byte and held once
+    # (bench/results/compressed_layouts_h100.json)
+    position = torch.arange(4, dtype=torch.int8, device=W.device)
+    order = torch.where(nz, position, 7 - position)
     idx = order.argsort(dim=2)[:, :, :2].sort(dim=2).values  # [out, groups, 2]
     values = W.view(out, cols // 4, 4).gather(2, idx).reshape(out, cols // 2)
     nibble = (idx[:, :, 0] | (idx[:, :, 1] << 2)).to(torch.uint8).view(out, cols // 8, 2)
