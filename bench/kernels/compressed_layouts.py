@@ -95,8 +95,8 @@ def main() -> None:
         print(row)
         same.append(row)
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": environment(), "groups": table, "random_24": same},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"environment": environment("cuda", "bfloat16"), "groups": table,
+                                               "random_24": same}, indent=1))
 
 
 if __name__ == "__main__":
